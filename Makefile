@@ -1,0 +1,48 @@
+# export -> patch -> serve -> call, one target each. `make help` lists them.
+PYTHON_SYSTEM ?= python3
+VENV          := .venv
+PY            := $(VENV)/bin/python
+STAMP         := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
+MODELS        := peach traffic_light
+SERVING_DIRS  := $(foreach m,$(MODELS),build/serving/$(m)/serving_server/serving_server_conf.prototxt)
+
+.DEFAULT_GOAL := help
+.PHONY: help install train models serve stop status test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## build .venv with the exact pinned environment (requirements.lock)
+
+$(STAMP): requirements.lock
+	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	rm -f $(VENV)/.installed-* && touch $@
+
+train: install  ## generate the synthetic datasets and retrain both default models (long)
+	$(PY) -m train
+
+models: install $(SERVING_DIRS)  ## export + patch the default models into build/serving/ (once)
+
+build/serving/%/serving_server/serving_server_conf.prototxt: models/%/model.yml $(wildcard models/%/inference/*) prototxt_patches/%.yml $(wildcard export/*.py)
+	$(PY) -m export models/$*/inference --patch prototxt_patches/$*.yml --out build/serving/$*
+
+serve: models  ## start both services in the background; returns once each answered a prediction
+	$(PY) -m serving start
+
+stop:  ## stop everything `make serve` started
+	@test -x $(PY) && $(PY) -m serving stop || true
+
+status:  ## show what is running, with endpoints
+	$(PY) -m serving status
+
+test: install  ## lint + the whole test suite (what CI runs)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: install  ## ruff
+	$(PY) -m ruff check .
+
+clean: stop  ## remove built serving folders and logs (keeps .venv and the shipped models)
+	rm -rf build

@@ -1,0 +1,1 @@
+import compat  # noqa: F401  # the compatibility layer goes first, as in every entry point
