@@ -1,0 +1,1 @@
+"""Serve stage: Paddle Serving pipeline web services built from each model's description."""
