@@ -1,0 +1,1 @@
+"""Synthetic datasets and training of the built-in default models (`python -m train`)."""
