@@ -1,0 +1,72 @@
+"""python -m export: turn a Paddle inference model into a patched Paddle Serving model folder."""
+
+import compat  # noqa: F401, I001  # first import: rebuilds Paddle Serving's protobuf modules
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from export.errors import ExportError
+
+EXAMPLES = """\
+SOURCE is one of:
+  an inference model folder   inference.pdmodel or inference.json + inference.pdiparams
+                              (+ infer_cfg.yml, copied along), as tools/export_model.py writes it
+  a training checkpoint       model.pdparams, with --config (PaddleClas or PaddleDetection YAML)
+  a serving folder            holding serving_server/ and/or serving_client/: patched only
+
+examples:
+  python -m export models/peach/inference --patch prototxt_patches/peach.yml \\
+      --out build/serving/peach
+  python -m export output/best_model.pdparams --config my_yolov3.yml \\
+      --patch prototxt_patches/traffic_light.yml --out build/serving/traffic_light
+  python -m export old_tutorial_export/ --patch prototxt_patches/traffic_light.yml   # in place
+
+Writes OUT/serving_server/ (model files, serving_server_conf.prototxt + .stream.prototxt,
+model_checksums.sha256) and OUT/serving_client/ (serving_client_conf.prototxt + .stream.prototxt).
+Exit status 2 on bad input, with a message saying what is wrong.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", type=Path, help="inference folder, .pdparams or serving folder")
+    parser.add_argument("--out", type=Path, help="serving folder to write (default for a serving "
+                        "folder SOURCE: patch in place)")
+    parser.add_argument("--patch", type=Path, help="prototxt patch YAML to apply")
+    parser.add_argument("--config", type=Path, help="model config YAML (checkpoint SOURCE only)")
+    return parser.parse_args(argv)
+
+
+def quiet_paddle() -> None:
+    """Keep the log readable: paddle's C++ INFO lines and import-time warnings add nothing here."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    warnings.filterwarnings("ignore", message="No ccache found")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_paddle()
+    from export.convert import convert  # imports paddle: after the environment is set
+
+    try:
+        written = convert(args.source, args.out, args.patch, args.config)
+    except ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.getLogger("export").info("serving model ready: %s", written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
