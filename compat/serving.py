@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import glob
 import importlib.abc
+import importlib.machinery
 import importlib.util
+import logging
+import logging.config
 import os
 import sys
 import types
@@ -137,6 +141,97 @@ def accept_pir_program_files(module: types.ModuleType) -> None:
     module.LocalPredictor.search_suffix_files = staticmethod(_find_program_files)
 
 
+# --- 5. PipelineClient.predict prints two timestamp lines per call -------------------------------
+# pipeline/pipeline_client.py:196 and :201 call print() on every predict, so a client's stdout
+# (e.g. `--json` output) gets "PipelineClient::predict ... time:" noise. Route the module's print
+# to its logger at DEBUG level instead.
+
+_client_log = logging.getLogger("paddle_serving_server.pipeline.pipeline_client")
+
+
+def _print_to_debug_log(*args: object, sep: str | None = " ", **_: object) -> None:
+    _client_log.debug((sep if sep is not None else " ").join(str(arg) for arg in args))
+
+
+@hooks.after_import("paddle_serving_server.pipeline.pipeline_client")
+def silence_client_prints(module: types.ModuleType) -> None:
+    module.print = _print_to_debug_log  # type: ignore[attr-defined]  # shadows builtins.print
+
+
+# --- 6. The pipeline's gRPC server listens on every interface ------------------------------------
+# pipeline/pipeline_server.py:316 binds '[::]:<rpc_port>'. The HTTP gateway reaches it through
+# loopback, so the RPC port only needs to be public when RPC clients run elsewhere: bind it to
+# $SERVING_RPC_HOST (default 127.0.0.1; "[::]" restores upstream behaviour).
+
+RPC_HOST_ENV = "SERVING_RPC_HOST"
+
+
+class _HostBoundServer:
+    """Wraps a grpc.Server so the wildcard bind goes to the configured host."""
+
+    def __init__(self, server: object):
+        self._server = server
+
+    def add_insecure_port(self, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{os.environ.get(RPC_HOST_ENV, '127.0.0.1')}:{address[len('[::]:'):]}"
+        return self._server.add_insecure_port(address)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._server, name)
+
+
+class _GrpcWithHostBinding(types.ModuleType):
+    def __init__(self, grpc_module: types.ModuleType):
+        super().__init__(grpc_module.__name__)
+        self._grpc = grpc_module
+
+    def server(self, *args: object, **kwargs: object) -> _HostBoundServer:
+        return _HostBoundServer(self._grpc.server(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grpc, name)
+
+
+@hooks.after_import("paddle_serving_server.pipeline.pipeline_server")
+def bind_rpc_to_configured_host(module: types.ModuleType) -> None:
+    module.grpc = _GrpcWithHostBinding(module.grpc)  # type: ignore[attr-defined]
+
+
+# --- 7. Importing the pipeline takes over the process's logging ----------------------------------
+# pipeline/logger.py:85 runs logging.config.dictConfig at import (pipeline/__init__.py:14 imports
+# it first): that closes and replaces the ROOT handlers and disables every logger that already
+# exists (disable_existing_loggers defaults to true), so the importing program loses its own logs.
+# Build that module with dictConfig applying the same handlers to Paddle Serving's own loggers
+# only; its files (PipelineServingLogs/pipeline.log*, honouring SERVING_LOG_PATH) stay as they are.
+
+_SERVING_LOGGERS = ("paddle_serving_server", "paddle_serving_app", "LocalPredictor")
+
+
+def scope_logging_config(config: dict) -> dict:
+    """Upstream's logging config with its root section moved onto Paddle Serving's loggers."""
+    scoped = copy.deepcopy(config)
+    scoped["disable_existing_loggers"] = False
+    root = scoped.pop("root", {})
+    # INFO, not upstream's DEBUG: the handlers drop DEBUG anyway, and the pipeline logs several
+    # debug lines per request on the hot path.
+    serving_logger = {**root, "level": "INFO", "propagate": False}
+    scoped.setdefault("loggers", {}).update({name: serving_logger for name in _SERVING_LOGGERS})
+    return scoped
+
+
+class _ScopedLoggingLoader(importlib.machinery.SourceFileLoader):
+    def exec_module(self, module: types.ModuleType) -> None:
+        apply_config = logging.config.dictConfig
+        logging.config.dictConfig = lambda config: apply_config(scope_logging_config(config))
+        try:
+            super().exec_module(module)
+        finally:
+            logging.config.dictConfig = apply_config
+
+
 def install() -> None:
     hooks.replace_loader(_is_legacy_serving_pb2, _RebuiltPb2Loader)
+    hooks.replace_loader(lambda name: name == "paddle_serving_server.pipeline.logger",
+                         _ScopedLoggingLoader)
     _provide_serving_client_stand_in()

@@ -1,0 +1,1 @@
+"""Command-line clients of the pipeline services (HTTP and RPC)."""

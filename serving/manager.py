@@ -1,0 +1,216 @@
+"""Start, stop and inspect the background services (`python -m serving start|stop|status`).
+
+Each service is `python -m serving run --model NAME` in its own session, hence its own process
+group: LocalPredictor SIGKILLs its whole process group when predictor creation fails
+(paddle_serving_app/local_predict.py:236,294), and stopping means signalling that group. Its
+working dir is build/serving/<name>/ (the pipeline writes ProcessInfo.json and
+PipelineServingLogs/ into it), its output goes to build/logs/<name>.log, and a JSON record in
+build/run/<name>.json says what to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from serving.layout import ROOT, Layout, Ports
+from serving.model_spec import ModelSpec
+from serving.protocol import http_url, post_http, probe_image, request_items
+
+LOG_TAIL_LINES = 40
+READY_POLL_S = 0.5
+STOP_GRACE_S = 15.0
+
+
+class ServingError(RuntimeError):
+    """A service did not start or stop; the message says why and where to look."""
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    service: str
+    pid: int  # also the process group id (own session)
+    http_port: int
+    rpc_port: int
+    log: str
+    started_at: float
+
+    @property
+    def url(self) -> str:
+        return http_url("127.0.0.1", self.http_port, self.service)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Record:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group (an exited child of ours stays a
+    zombie until reaped, and os.killpg(pgid, 0) still succeeds on it)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
+
+
+def port_listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.is_file():
+        return f"(no log at {path})"
+    text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def predict_once(record: Record, timeout: float = 10.0) -> tuple[dict, float]:
+    """One real prediction over HTTP: (response, seconds)."""
+    started = time.perf_counter()
+    response = post_http(record.url, request_items([probe_image()]), timeout)
+    return response, time.perf_counter() - started
+
+
+# --- start ---------------------------------------------------------------------------------------
+
+
+def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> None:
+    """Build build/serving/<name>/ with the export stage when it is missing."""
+    if (layout.serving_server(spec.name) / "serving_server_conf.prototxt").is_file():
+        return
+    patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
+    command = [sys.executable, "-m", "export", str(spec.inference_dir), "--patch", str(patch),
+               "--out", str(layout.serving_dir(spec.name))]
+    print(f"[{spec.name}] building the serving folder: {' '.join(command)}", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise ServingError(f"[{spec.name}] export failed (exit {done.returncode}):\n"
+                           f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str],
+           rpc_host: str) -> tuple[Record, subprocess.Popen]:
+    for port in (ports.http, ports.rpc):
+        if port_listening(port):
+            raise ServingError(f"[{spec.name}] port {port} is already in use; stop what holds "
+                               "it (`python -m serving status`) or pick others with --port")
+    log = layout.log_file(spec.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    workdir = layout.serving_dir(spec.name)
+    command = [sys.executable, "-m", "serving", "run", "--model", spec.name,
+               "--models-dir", str(layout.models_dir), "--build-dir", str(layout.build_dir),
+               "--port", f"{spec.name}={ports.http}:{ports.rpc}",
+               *(f"--runtime={pair}" for pair in runtime)]
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "SERVING_LOG_PATH": str(workdir),
+           "SERVING_RPC_HOST": rpc_host, "PYTHONUNBUFFERED": "1"}
+    with log.open("w", encoding="utf-8") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    record = Record(name=spec.name, service=spec.service.name, pid=process.pid,
+                    http_port=ports.http, rpc_port=ports.rpc, log=str(log),
+                    started_at=time.time())
+    record.save(layout.pid_file(spec.name))
+    return record, process
+
+
+def wait_ready(record: Record, process: subprocess.Popen | None, deadline: float) -> float:
+    """Poll with real predictions until one succeeds; returns its latency in seconds."""
+    last_error = "no answer yet"
+    while time.monotonic() < deadline:
+        exited = process.poll() if process is not None else None
+        if exited is not None or not group_alive(record.pid):
+            raise ServingError(f"[{record.name}] exited during start-up (status {exited}); "
+                               f"last lines of {record.log}:\n{log_tail(Path(record.log))}")
+        try:
+            response, seconds = predict_once(record, timeout=min(30.0, deadline -
+                                                                 time.monotonic() + 0.1))
+        except OSError as error:  # not listening yet
+            last_error = str(error)
+        else:
+            if response.get("err_no") == 0:
+                return seconds
+            last_error = f"err_no {response.get('err_no')}: {response.get('err_msg')}"
+        time.sleep(READY_POLL_S)
+    raise ServingError(f"[{record.name}] no successful prediction before the timeout "
+                       f"({last_error}); last lines of {record.log}:\n"
+                       f"{log_tail(Path(record.log))}")
+
+
+# --- stop / status -------------------------------------------------------------------------------
+
+
+def running_records(layout: Layout) -> list[Record]:
+    return [Record.load(path) for path in sorted((layout.build_dir / "run").glob("*.json"))]
+
+
+def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S) -> str:
+    """SIGTERM the service's process group, SIGKILL what is left after `grace` seconds, wait
+    until its ports are free, forget it."""
+    how = "was not running"
+    if group_alive(record.pid):
+        how = "stopped"
+        _signal_group(record.pid, signal.SIGTERM)
+        if not _wait(lambda: not group_alive(record.pid), grace):
+            how = f"killed (no exit {grace:.0f} s after SIGTERM)"
+            _signal_group(record.pid, signal.SIGKILL)
+            _wait(lambda: not group_alive(record.pid), grace)
+    ports_free = _wait(lambda: not (port_listening(record.http_port)
+                                    or port_listening(record.rpc_port)), grace)
+    layout.pid_file(record.name).unlink(missing_ok=True)
+    if group_alive(record.pid) or not ports_free:
+        raise ServingError(f"[{record.name}] still alive or ports {record.http_port}/"
+                           f"{record.rpc_port} still bound after stopping")
+    return f"[{record.name}] {how} (process group {record.pid})"
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _wait(condition, timeout: float, poll: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
+def describe(record: Record) -> str:
+    """One status line: alive? answering? endpoints."""
+    if not group_alive(record.pid):
+        return f"{record.name}: DEAD (record left by a crash; `python -m serving stop` clears it)"
+    try:
+        response, seconds = predict_once(record, timeout=5.0)
+        health = (f"answering ({seconds * 1000:.0f} ms)" if response.get("err_no") == 0
+                  else f"error {response.get('err_no')}: {response.get('err_msg')}")
+    except OSError as error:
+        health = f"not answering ({error})"
+    return (f"{record.name}: running, pid {record.pid}, {health}\n"
+            f"    http {record.url}\n    rpc  127.0.0.1:{record.rpc_port}\n"
+            f"    log  {record.log}")

@@ -1,0 +1,52 @@
+"""The wire format of the pipeline services, shared by the clients and `python -m serving`.
+
+Request: {"key": ["image"] or ["image_0", "image_1", ...], "value": [<base64 image>, ...]}.
+Response: {"err_no": 0, "err_msg": "", "key": [<image key>, ...], "value": [<JSON result>, ...]}
+with each result in the schema of serving.postprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def image_keys(count: int) -> list[str]:
+    """`image` for one image (PaddleClas clients), `image_<i>` for several (PaddleDetection)."""
+    return ["image"] if count == 1 else [f"image_{i}" for i in range(count)]
+
+
+def request_items(images: Sequence[bytes]) -> dict[str, str]:
+    return {key: base64.b64encode(data).decode("ascii")
+            for key, data in zip(image_keys(len(images)), images, strict=True)}
+
+
+def http_url(host: str, port: int, service: str) -> str:
+    return f"http://{host}:{port}/{service}/prediction"
+
+
+def post_http(url: str, items: dict[str, str], timeout: float) -> dict[str, Any]:
+    """POST one prediction request; raises OSError (URLError, timeout) when unreachable."""
+    body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
+    request = urllib.request.Request(url, data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def decode_results(keys: Sequence[str], values: Sequence[str]) -> dict[str, Any]:
+    return {key: json.loads(value) for key, value in zip(keys, values, strict=True)}
+
+
+def probe_image() -> bytes:
+    """A small synthetic JPEG that every image model accepts (readiness checks)."""
+    gradient = np.linspace(0, 255, 256, dtype=np.uint8)
+    rgb = np.stack([np.tile(gradient, (256, 1)), np.tile(gradient[:, None], (1, 256)),
+                    np.full((256, 256), 128, np.uint8)], axis=-1)
+    return cv2.imencode(".jpg", rgb)[1].tobytes()
