@@ -86,6 +86,7 @@ def direct_predictor(model_dir: Path) -> paddle_infer.Predictor:
     model = find_inference_model(model_dir)
     config = paddle_infer.Config(str(model.program), str(model.params))
     config.disable_gpu()
+    config.switch_ir_optim(False)  # as LocalPredictor's default: same kernels on both sides
     config.set_cpu_math_library_num_threads(1)
     config.disable_glog_info()
     return paddle_infer.create_predictor(config)
