@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from paddle_serving_app.proto.general_model_config_pb2 import GeneralModelConfig
 
 from export import checksums
 from export.errors import ExportError
@@ -38,7 +39,7 @@ CHECKPOINT_EXPORTERS = {
 }
 
 
-def _patched(config, patch: Patch | None, label: str):  # type: ignore[no-untyped-def]
+def _patched(config: GeneralModelConfig, patch: Patch | None, label: str) -> GeneralModelConfig:
     if patch is not None:
         for line in apply_patch(config, patch, label):
             log.info("  %s [%s] %s", patch.source.name, label, line)

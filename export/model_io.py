@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.errors import ExportError
+
+if TYPE_CHECKING:  # paddle is imported lazily: the CLI sets its environment first
+    from paddle.base.framework import Program, Variable
+    from paddle.pir import Program as PirProgram
 
 PROGRAM_SUFFIXES = (".pdmodel", ".json")
 PARAMS_SUFFIX = ".pdiparams"
@@ -70,7 +75,7 @@ def find_inference_model(folder: Path) -> InferenceModel:
     return InferenceModel(program=program, params=params, extras=extras)
 
 
-def _pir_interface(program) -> ModelInterface:  # type: ignore[no-untyped-def]
+def _pir_interface(program: PirProgram) -> ModelInterface:
     from paddle.base.data_feeder import convert_dtype
 
     feeds, fetches = [], []
@@ -86,10 +91,12 @@ def _pir_interface(program) -> ModelInterface:  # type: ignore[no-untyped-def]
     return ModelInterface(tuple(feeds), tuple(spec for _, spec in sorted(fetches)))
 
 
-def _legacy_interface(program, feed_names: list[str], fetch_vars: list) -> ModelInterface:  # type: ignore[no-untyped-def]
+def _legacy_interface(
+    program: Program, feed_names: list[str], fetch_vars: list[Variable]
+) -> ModelInterface:
     from paddle.base.data_feeder import convert_dtype
 
-    def spec(var) -> TensorSpec:  # type: ignore[no-untyped-def]
+    def spec(var: Variable) -> TensorSpec:
         return TensorSpec(var.name, convert_dtype(var.dtype), tuple(var.shape), var.lod_level)
 
     block = program.global_block()

@@ -16,11 +16,12 @@ Applying a patch twice changes nothing the second time.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from paddle_serving_app.proto.general_model_config_pb2 import GeneralModelConfig
+from paddle_serving_app.proto.general_model_config_pb2 import FeedVar, FetchVar, GeneralModelConfig
 
 from export.errors import ExportError
 
@@ -110,14 +111,14 @@ def load_patch(path: Path) -> Patch:
 # --- applying a patch to a config ----------------------------------------------------------------
 
 
-def describe_vars(variables) -> str:  # type: ignore[no-untyped-def]
+def describe_vars(variables: Sequence[FeedVar | FetchVar]) -> str:
     return ", ".join(
         f"[{i}] {v.name}" + (f" (alias {v.alias_name})" if v.alias_name != v.name else "")
         for i, v in enumerate(variables)
     ) or "none"
 
 
-def _matching_index(variables, match: Match) -> int | None:  # type: ignore[no-untyped-def]
+def _matching_index(variables: Sequence[FeedVar | FetchVar], match: Match) -> int | None:
     candidates = range(len(variables)) if match.position is None else [match.position]
     found = [
         i

@@ -155,7 +155,9 @@ def test_exporting_twice_gives_identical_bytes(tiny_models: dict[str, Path], tmp
     assert "serving_server/serving_server_conf.stream.prototxt" in first
 
 
-def test_model_files_infer_cfg_and_checksums_are_written(tiny_models, tmp_path: Path) -> None:
+def test_model_files_infer_cfg_and_checksums_are_written(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
     convert(tiny_models["legacy/detector"], tmp_path, None, None)
     assert verify_checksums(tmp_path / "serving_server") == [
         "infer_cfg.yml", "inference.pdiparams", "inference.pdmodel"]
