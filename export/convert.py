@@ -99,9 +99,11 @@ def export_inference_folder(source: Path, out: Path, patch: Patch | None) -> Non
 
 def patch_serving_folder(source: Path, out: Path, patch: Patch | None) -> None:
     """Patch an existing serving folder's configs (text + binary twin), copying it to out first."""
-    if out.resolve() != source.resolve():
+    if out.resolve() == source.resolve():
+        log.info("patching serving folder %s in place", source)
+    else:
         copy_serving_folder(source, out)
-        log.info("copied %s to %s", source, out)
+        log.info("copied serving folder %s to %s", source, out)
     for conf in existing_confs(out):
         config = _patched(read_config(conf), patch, conf.name)
         write_config(config, conf)

@@ -219,6 +219,19 @@ def test_cli_bad_input_exits_2_with_a_message(args: list[str], complaint: str) -
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("program", "content"), [("inference.pdmodel", b"garbage"),
+                                                  ("inference.json", b'{"broken": ')])
+def test_unreadable_program_is_reported_with_its_path(tmp_path: Path, program: str, content: bytes):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / program).write_bytes(content)
+    (model / "inference.pdiparams").write_bytes(b"")
+    with pytest.raises(ExportError, match="paddle cannot load this program") as error:
+        convert(model, tmp_path / "out", None, None)
+    assert str(model / program) in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_config_picks_the_toolkit(tmp_path: Path) -> None:
     (tmp_path / "base.yml").write_text("architecture: YOLOv3\n", encoding="utf-8")
     (tmp_path / "det.yml").write_text("_BASE_: [base.yml]\nweights: w\n", encoding="utf-8")
