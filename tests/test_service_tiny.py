@@ -1,0 +1,268 @@
+"""Both pipeline services on tiny random models (seconds to build): the whole serve path
+(export -> config.yml -> start -> HTTP/RPC -> clients -> stop), parity of HTTP, RPC and an
+in-process predictor, error handling, start-up failure. Accuracy is test_service_smoke.py's job."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from service_helpers import ROOT, Services, free_ports, run_client
+
+from serving.config import resolve_runtime
+from serving.handler import ModelHandler
+from serving.model_spec import ModelSpec
+from serving.predictor import InProcessPredictor
+from serving.protocol import decode_results, http_url, post_http, request_items
+
+pytestmark = pytest.mark.service
+MODELS = ("peach", "traffic_light")
+INFER_CFG = {"mode": "paddle", "arch": "YOLO", "Preprocess": [
+    {"type": "Resize", "target_size": [320, 320], "keep_ratio": False, "interp": 2},
+    {"type": "NormalizeImage", "is_scale": True, "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225]},
+    {"type": "Permute"}]}
+
+
+def _save_tiny_models(models_dir: Path) -> None:
+    """Random-init models with the real interfaces: classifier x -> softmax [N, 4]; detector
+    (im_shape, image, scale_factor) -> NMS boxes [M, 6] + boxes per image [N] int32."""
+    import paddle
+    from paddle import nn
+    from paddle.nn import functional
+    from paddle.static import InputSpec
+
+    paddle.seed(7)
+
+    class Classifier(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2D(3, 8, 3, stride=4), nn.Linear(8, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            pooled = functional.adaptive_avg_pool2d(functional.relu(self.conv(x)), 1)
+            return functional.softmax(self.fc(pooled.flatten(1)) * 5)
+
+    class Detector(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2D(3, 3 * (5 + 8), 3, stride=32, padding=1)
+
+        def forward(self, im_shape, image, scale_factor):  # type: ignore[no-untyped-def]
+            size = (im_shape / scale_factor).astype("int32")
+            boxes, scores = paddle.vision.ops.yolo_box(
+                self.head(image), size, anchors=[10, 13, 16, 30, 33, 23], class_num=8,
+                conf_thresh=0.0, downsample_ratio=32, clip_bbox=True)
+            out, count, _ = paddle.vision.ops.matrix_nms(
+                boxes, scores.transpose([0, 2, 1]), score_threshold=0.01, post_threshold=0.01,
+                nms_top_k=100, keep_top_k=20, return_rois_num=True, return_index=True)
+            return out, count
+
+    specs = {"peach": [InputSpec([None, 3, 224, 224], "float32", "x")],
+             "traffic_light": [InputSpec([None, 2], "float32", "im_shape"),
+                               InputSpec([None, 3, 320, 320], "float32", "image"),
+                               InputSpec([None, 2], "float32", "scale_factor")]}
+    for name, layer in (("peach", Classifier()), ("traffic_light", Detector())):
+        folder = models_dir / name
+        (folder / "inference").mkdir(parents=True)
+        for file in ("model.yml", "label_list.txt"):
+            shutil.copy(ROOT / "models" / name / file, folder / file)
+        layer.eval()
+        static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
+        paddle.jit.save(static, str(folder / "inference" / "inference"))
+    (models_dir / "traffic_light/inference/infer_cfg.yml").write_text(yaml.safe_dump(INFER_CFG))
+
+
+def _jpeg(height: int, width: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    cv2.rectangle(pixels, (width // 4, height // 4), (width // 2, height // 2), (30, 30, 220), -1)
+    return cv2.imencode(".jpg", pixels)[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models_dir = tmp_path_factory.mktemp("models")
+    _save_tiny_models(models_dir)
+    return models_dir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for index, (height, width) in enumerate([(240, 320), (480, 360), (300, 300)]):
+        paths.append(folder / f"{index}.jpg")
+        paths[-1].write_bytes(_jpeg(height, width, index))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def services(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Services:
+    ports = free_ports(4)
+    running = Services(tiny_models, tmp_path_factory.mktemp("build"),
+                       {"peach": (ports[0], ports[1]), "traffic_light": (ports[2], ports[3])})
+    try:
+        started = running.cli("start", "--timeout", "300")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield running
+    finally:
+        pgids = [record["pid"] for record in running.records()]
+        running.cli("stop")
+        assert not running.leftovers(pgids)
+
+
+def _http(services: Services, name: str, images: list[bytes]) -> dict:
+    url = http_url("127.0.0.1", services.ports[name][0], name)
+    return post_http(url, request_items(images), timeout=60)
+
+
+def _rpc(services: Services, name: str, images: list[bytes]) -> dict:
+    from paddle_serving_server.pipeline import PipelineClient
+
+    client = PipelineClient()
+    client.connect([f"127.0.0.1:{services.ports[name][1]}"])
+    reply = client.predict(feed_dict=request_items(images), fetch=None)
+    return {"err_no": reply.err_no, "err_msg": reply.err_msg, "key": list(reply.key),
+            "value": list(reply.value)}
+
+
+def _in_process(services: Services, name: str, images: list[bytes]) -> dict[str, list]:
+    spec = ModelSpec.load(services.models_dir / name)
+    serving_server = services.build_dir / "serving" / name / "serving_server"
+    handler = ModelHandler(spec, serving_server).load()
+    predictor = InProcessPredictor(serving_server, spec.fetches,
+                                   resolve_runtime(spec, serving_server))
+    batch = handler.preprocess(request_items(images))
+    return {key: json.loads(value) for key, value in
+            handler.postprocess(batch.keys, predictor(batch.feed)).items()}
+
+
+def _results(reply: dict) -> dict[str, list]:
+    assert reply["err_no"] == 0, reply["err_msg"]
+    return decode_results(reply["key"], reply["value"])
+
+
+def test_start_wrote_config_logs_and_records(services: Services) -> None:
+    for name in MODELS:
+        serving_dir = services.build_dir / "serving" / name
+        config = yaml.safe_load((serving_dir / "config.yml").read_text())
+        assert (config["http_port"], config["rpc_port"]) == services.ports[name]
+        assert config["op"][name]["local_service_conf"]["client_type"] == "local_predictor"
+        assert (serving_dir / "ProcessInfo.json").is_file()
+        assert (serving_dir / "PipelineServingLogs" / "pipeline.log").is_file()
+        assert (services.build_dir / "logs" / f"{name}.log").is_file()
+    assert sorted(r["name"] for r in services.records()) == sorted(MODELS)
+    status = services.cli("status")
+    assert status.returncode == 0 and status.stdout.count("answering (") == 2, status.stdout
+
+
+def test_http_rpc_and_in_process_agree(services: Services, images: list[Path]) -> None:
+    data = [image.read_bytes() for image in images]
+    for name in MODELS:
+        http = _results(_http(services, name, data))
+        rpc = _results(_rpc(services, name, data))
+        local = _in_process(services, name, data)
+        assert list(http) == list(rpc) == list(local) == ["image_0", "image_1", "image_2"]
+        for key in http:
+            assert len(http[key]) == len(rpc[key]) == len(local[key]) > 0
+            for ours, *served in zip(local[key], http[key], rpc[key], strict=True):
+                for other in served:
+                    assert other["class_id"] == ours["class_id"]
+                    assert other["score"] == pytest.approx(ours["score"], abs=1e-5)
+                    if "bbox" in ours:
+                        np.testing.assert_allclose(other["bbox"], ours["bbox"], atol=1e-3)
+
+
+def test_detector_boxes_are_in_original_pixels_sorted_and_per_image(
+        services: Services, images: list[Path]) -> None:
+    results = _results(_http(services, "traffic_light", [p.read_bytes() for p in images]))
+    for key, (height, width) in zip(results, [(240, 320), (480, 360), (300, 300)], strict=True):
+        scores = [box["score"] for box in results[key]]
+        assert scores == sorted(scores, reverse=True)
+        assert min(scores) >= 0.3  # model.yml score_threshold
+        for box in results[key]:
+            x1, y1, x2, y2 = box["bbox"]
+            assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+    single = _results(_http(services, "traffic_light", [images[1].read_bytes()]))
+    assert single["image"] == results["image_1"]  # batching does not change an image's answer
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("%%% not base64 %%%", "invalid base64"),
+    (base64.b64encode(b"just some text, not an image").decode(), "not a decodable image"),
+])
+def test_bad_payload_is_an_error_and_the_service_keeps_serving(
+        services: Services, images: list[Path], value: str, message: str) -> None:
+    for name in MODELS:
+        for send in (_http, _rpc):
+            url = http_url("127.0.0.1", services.ports[name][0], name)
+            reply = (post_http(url, {"image": value}, timeout=30) if send is _http
+                     else _rpc_raw(services, name, {"image": value}))
+            assert reply["err_no"] != 0 and message in reply["err_msg"]
+        assert _results(_http(services, name, [images[0].read_bytes()]))["image"]
+
+
+def _rpc_raw(services: Services, name: str, items: dict[str, str]) -> dict:
+    from paddle_serving_server.pipeline import PipelineClient
+
+    client = PipelineClient()
+    client.connect([f"127.0.0.1:{services.ports[name][1]}"])
+    reply = client.predict(feed_dict=items, fetch=None)
+    return {"err_no": reply.err_no, "err_msg": reply.err_msg}
+
+
+def test_request_without_image_names_the_expected_keys(services: Services) -> None:
+    url = http_url("127.0.0.1", services.ports["peach"][0], "peach")
+    reply = post_http(url, {"picture": "abc"}, timeout=30)
+    assert reply["err_no"] != 0 and "'image_0'" in reply["err_msg"]
+
+
+@pytest.mark.parametrize("transport", ["http", "rpc"])
+def test_clients_json_output_exit_codes_and_drawings(
+        services: Services, images: list[Path], tmp_path: Path, transport: str) -> None:
+    index = 0 if transport == "http" else 1
+    for name in MODELS:
+        port = services.ports[name][index]
+        drawn = tmp_path / f"{transport}_{name}"
+        done = run_client(transport, name, port, "--json", "--batch", "2", "--visualize",
+                          str(drawn), str(images[0].parent))
+        assert done.returncode == 0, done.stderr
+        outcomes = json.loads(done.stdout)  # stdout is exactly one JSON document
+        assert [Path(o["image"]).name for o in outcomes] == ["0.jpg", "1.jpg", "2.jpg"]
+        assert all(o["ok"] and o["predictions"] for o in outcomes)
+        assert sorted(p.name for p in drawn.iterdir()) == ["0.png", "1.png", "2.png"]
+        human = run_client(transport, name, port, str(images[2]))
+        assert human.returncode == 0 and human.stdout.startswith(str(images[2]))
+
+    not_an_image = tmp_path / "broken.jpg"
+    not_an_image.write_text("not an image")
+    failed = run_client(transport, "peach", services.ports["peach"][index], str(images[0]),
+                        str(not_an_image))
+    assert failed.returncode == 1
+    assert "FAILED err_no=5000" in failed.stdout and "not a decodable image" in failed.stdout
+    closed = free_ports(1)[0]
+    unreachable = run_client(transport, "peach", closed, "--timeout", "5", str(images[0]))
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_failed_start_reports_the_log_and_leaves_nothing(
+        services: Services, tmp_path: Path) -> None:
+    # A serving folder whose weights got corrupted after export: predictor creation fails, and
+    # LocalPredictor SIGKILLs its process group.
+    broken = Services(services.models_dir, tmp_path / "build", {"peach": tuple(free_ports(2))})
+    serving_dir = broken.build_dir / "serving" / "peach"
+    shutil.copytree(services.build_dir / "serving" / "peach" / "serving_server",
+                    serving_dir / "serving_server")
+    (serving_dir / "serving_server" / "inference.pdiparams").write_bytes(b"\0" * 64)
+    done = broken.cli("start", "peach", "--timeout", "120")
+    assert done.returncode != 0
+    assert "exited during start-up" in done.stderr and "last lines of" in done.stderr
+    assert "failed to create predictor" in done.stderr  # the service's own words, from its log
+    assert not broken.records() and not broken.leftovers([])
