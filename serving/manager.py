@@ -98,6 +98,9 @@ def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> None:
     """Build build/serving/<name>/ with the export stage when it is missing."""
     if (layout.serving_server(spec.name) / "serving_server_conf.prototxt").is_file():
         return
+    if not spec.inference_dir.is_dir():
+        raise ServingError(f"[{spec.name}] no inference model at {spec.inference_dir}: train the "
+                           "default models (`make train`) or put an exported model there")
     patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
     command = [sys.executable, "-m", "export", str(spec.inference_dir), "--patch", str(patch),
                "--out", str(layout.serving_dir(spec.name))]
