@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from train import common
+
 ROOT = Path(__file__).resolve().parents[1]
 LABELS: tuple[str, ...] = tuple(
     (ROOT / "models" / "traffic_light" / "label_list.txt").read_text().split())
@@ -264,24 +266,21 @@ def draw_boxes(image: np.ndarray, lights: list[Light]) -> np.ndarray:
     return out
 
 
-def write_contact_sheet(root: Path, list_file: str, out: Path, count: int = 12,
-                        columns: int = 4, cell: int = 400) -> Path:
-    """A grid of the first `count` samples of `list_file` with boxes and labels drawn."""
-    lines = (root / list_file).read_text().splitlines()[:count]
-    cells = []
-    for line in lines:
+def write_contact_sheet(root: Path, list_file: str, out: Path, count: int = 12) -> Path:
+    """The first `count` samples of `list_file` with boxes and labels drawn, in a grid."""
+    tiles, captions = [], []
+    for line in (root / list_file).read_text().splitlines()[:count]:
         image_rel, xml_rel = line.split()
         image = cv2.cvtColor(cv2.imread(str(root / image_rel)), cv2.COLOR_BGR2RGB)
-        drawn = draw_boxes(image, read_voc_xml(root / xml_rel))
-        ratio = cell / max(drawn.shape[:2])
-        drawn = cv2.resize(drawn, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_AREA)
-        canvas = np.full((cell, cell, 3), 255, np.uint8)
-        canvas[:drawn.shape[0], :drawn.shape[1]] = drawn
-        cells.append(canvas)
-    cells += [np.full((cell, cell, 3), 255, np.uint8)] * (-len(cells) % columns)
-    rows = [np.hstack(cells[i:i + columns]) for i in range(0, len(cells), columns)]
-    cv2.imwrite(str(out), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
-    return out
+        lights = read_voc_xml(root / xml_rel)
+        drawn = draw_boxes(image, lights)
+        side = max(drawn.shape[:2])  # letterbox: the sheet's square tiles keep the aspect ratio
+        tile = np.full((side, side, 3), 255, np.uint8)
+        tile[:drawn.shape[0], :drawn.shape[1]] = drawn
+        tiles.append(tile)
+        captions.append(f"{Path(image_rel).name} {image.shape[1]}x{image.shape[0]}, "
+                        f"{len(lights)} lights")
+    return common.write_contact_sheet(tiles, captions, out, columns=4, tile_size=400)
 
 
 def generate(root: Path, spec: DatasetSpec) -> Path:
