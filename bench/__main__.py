@@ -1,0 +1,222 @@
+"""python -m bench: what serving costs over running the model in process, per model, in one run.
+
+For each model: (a) the in-process limit (the service's own work in plain loops, over several
+ways of using the cores; the best one is the limit), (b) each served variant (by default the
+project's configuration and the upstream reference configuration) over HTTP and gRPC at each
+concurrency, with a closed-loop load generator sending pre-encoded requests. Outputs: a table on
+stdout, <out>/bench.json and <out>/bench.png.
+"""
+
+import compat  # noqa: F401, I001  # first import of every entry point
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import inprocess, loadgen, procstats, report, services
+from bench.payloads import Payloads, encode_payloads, validation_images
+from serving.layout import ROOT, Layout
+from serving.manager import ensure_serving_folder
+
+log = logging.getLogger("bench")
+
+# PaddleClas's shipped deploy/paddleserving/config.yml: one gRPC worker, one op process, no IR
+# optimisation, no oneDNN. It sets no thread_num (the LocalPredictor then gets None and fails on
+# CPU); 2 = the machine's cores, the most favourable choice for the reference.
+REFERENCE_RUNTIME = {"worker_num": "1", "is_thread_op": "false", "concurrency": "1",
+                     "thread_num": "2", "ir_optim": "false", "use_mkldnn": "false"}
+DEFAULT_VARIANTS = ("project", "reference")
+SMOKE = {"concurrency": "1,2", "duration": 1.0, "warmup": 0.5, "images": 4,
+         "inprocess": "1x1", "inprocess_duration": 1.0}
+EPILOG = """\
+examples:
+  python -m bench                                   # both models, full run (~15 min)
+  python -m bench peach --transports http --concurrency 8 \\
+      --variant project --variant tn1:thread_num=1  # a tuning comparison
+  python -m bench --smoke                           # seconds: does the harness work?
+
+A variant is NAME or NAME:key=value,key=value (python -m serving --runtime keys); `project` =
+the defaults of serving/config.py, `reference` = the upstream configuration."""
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, pairs = text.partition(":")
+    if name == "reference" and not pairs:
+        return name, dict(REFERENCE_RUNTIME)
+    runtime = {}
+    for pair in filter(None, pairs.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"variant {text!r}: expected NAME:key=value,key=value")
+        runtime[key.strip()] = value.strip()
+    return name, runtime
+
+
+def machine() -> dict[str, Any]:
+    import paddle
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_gb, 1),
+            "python": platform.python_version(), "paddle": paddle.__version__,
+            "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average_at_start": os.getloadavg()}
+    info["summary"] = (f"{info['cores']} x {cpu}, {info['memory_gb']} GiB, Python "
+                       f"{info['python']}, paddle {info['paddle']}, {info['date']}")
+    return info
+
+
+def bench_inprocess(args: argparse.Namespace, layout: Layout, name: str, jpegs: list[bytes],
+                    project_runtime: dict[str, str]) -> list[dict]:
+    images_file = args.out / f"{name}-images.json"
+    images_file.write_text(json.dumps({"jpegs_hex": [jpeg.hex() for jpeg in jpegs]}))
+    strategies = [inprocess.Strategy.parse(s) for s in args.inprocess.split(",")]
+    results = []
+    for strategy in strategies:
+        log.info("[%s] in-process %s", name, strategy.label)
+        results.append(inprocess.measure(
+            strategy, layout.models_dir / name, layout.serving_server(name), images_file,
+            [f"{k}={v}" for k, v in project_runtime.items()], args.inprocess_duration,
+            args.warmup, args.out / "logs" / f"{name}-inprocess.log"))
+    return results
+
+
+def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads: Payloads,
+                  runtime: dict[str, str]) -> dict[str, Any]:
+    service = services.start(layout.models_dir, layout.build_dir, name, runtime)
+    try:
+        config = layout.config_file(name).read_text(encoding="utf-8")
+        time.sleep(1.0)  # let start-up work settle before the idle reading
+        idle = procstats.sample_group(service.pgid)
+        runs, peak = [], idle
+        for transport in args.transports.split(","):
+            for concurrency in (int(c) for c in args.concurrency.split(",")):
+                run, run_peak = measure_served(args, service, payloads, transport, concurrency)
+                runs.append(run)
+                peak = max(peak, run_peak, key=lambda sample: sample.rss_mb)
+                log.info("[%s] %s c=%d: %.1f req/s, p50 %s ms, p99 %s ms, %d errors",
+                         name, transport, concurrency, run["throughput"], run["p50_ms"],
+                         run["p99_ms"], run["errors"])
+    finally:
+        services.stop(layout.models_dir, layout.build_dir, service)
+    return {"runtime": runtime, "config_yml": config, "memory_idle": vars(idle),
+            "memory_peak": vars(peak), "runs": runs}
+
+
+def measure_served(args: argparse.Namespace, service: services.RunningService,
+                   payloads: Payloads, transport: str, concurrency: int
+                   ) -> tuple[dict[str, Any], procstats.GroupSample]:
+    host = "127.0.0.1"
+    before = procstats.sample_group(service.pgid)
+    busy_before = procstats.machine_busy_s()
+    with procstats.PeakMemory(service.pgid) as memory:
+        if transport == "http":
+            result = loadgen.run_http(host, service.http_port,
+                                      payloads.http_requests(host, service.http_port,
+                                                             service.service),
+                                      concurrency, args.duration, args.warmup)
+        elif transport == "rpc":
+            result = loadgen.run_rpc(host, service.rpc_port, payloads.rpc_messages, concurrency,
+                                     args.duration, args.warmup, rpc_reply_ok)
+        else:
+            raise ValueError(f"unknown transport {transport!r}: http or rpc")
+    after = procstats.sample_group(service.pgid)
+    elapsed = args.duration + args.warmup  # server CPU is read over warm-up + window
+    served = max(1.0, result.throughput * elapsed)
+    run = result.summary()
+    run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
+    run["machine_busy_fraction"] = round((procstats.machine_busy_s() - busy_before)
+                                         / (elapsed * (os.cpu_count() or 1)), 3)
+    return run, memory.peak or after
+
+
+def rpc_reply_ok(reply: bytes) -> tuple[bool, str]:
+    from paddle_serving_server.pipeline.proto import pipeline_service_pb2
+
+    response = pipeline_service_pb2.Response.FromString(reply)
+    return (response.err_no == 0, f"err_no {response.err_no}: {response.err_msg[:200]}")
+
+
+def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str, Any]:
+    spec = layout.spec(name)
+    ensure_serving_folder(layout, spec)
+    jpegs = validation_images(spec.task, args.images)
+    payloads = encode_payloads(jpegs)
+    variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
+    model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},
+                             "mean_jpeg_bytes": round(sum(map(len, jpegs)) / len(jpegs))}
+    if args.inprocess:
+        model["inprocess"] = bench_inprocess(args, layout, name, jpegs,
+                                             variants.get("project", {}))
+        model["inprocess_limit"] = max(model["inprocess"], key=lambda s: s["throughput"])
+    for variant_name, runtime in variants.items():
+        log.info("[%s] served variant %s %s", name, variant_name, runtime or "(defaults)")
+        model["variants"][variant_name] = bench_variant(args, layout, name, payloads, runtime)
+    report.add_ratios(model, "reference")
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.out = args.out.resolve()
+    layout = Layout(models_dir=args.models_dir.resolve(), build_dir=args.out / "build")
+    names = args.models or layout.model_names()
+    results: dict[str, Any] = {"machine": machine(), "settings": {
+        key: (str(value) if isinstance(value, Path) else value)
+        for key, value in vars(args).items()}, "models": {}}
+    try:
+        for name in names:
+            results["models"][name] = bench_model(args, layout, name)
+    except (services.BenchError, RuntimeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.table(results))
+    print(f"\nwrote {report.write_json(results, args.out / 'bench.json')}")
+    print(f"wrote {report.plot(results, args.out / 'bench.png')}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", help="model names (default: every models/*/)")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models",
+                        help="folder of model descriptions (default: models/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "build" / "bench",
+                        help="output folder: bench.json, bench.png, logs (default build/bench)")
+    parser.add_argument("--variant", action="append", metavar="NAME[:k=v,...]",
+                        help="served configuration to measure (repeatable; default: project "
+                             "and reference)")
+    parser.add_argument("--transports", default="http,rpc", help="default http,rpc")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32",
+                        help="closed-loop clients, comma-separated (default 1,2,4,8,16,32)")
+    parser.add_argument("--duration", type=float, default=8.0,
+                        help="timed seconds per served run (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="untimed seconds before each timed window (default 2)")
+    parser.add_argument("--images", type=int, default=32,
+                        help="distinct validation images the requests cycle through (default 32)")
+    parser.add_argument("--inprocess", default="1x2,2x1,1x1,2x1b4",
+                        help="in-process strategies PxT[bB] (P processes x T threads, batch B), "
+                             "'' to skip (default 1x2,2x1,1x1,2x1b4)")
+    parser.add_argument("--inprocess-duration", type=float, default=8.0,
+                        help="timed seconds per in-process strategy (default 8)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny run (seconds) to check the harness; figures mean nothing")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The in-process limit: the service's own work (base64 + JPEG decode, preprocessing, Paddle
+Inference, postprocessing) run in plain loops, with no transport and no framework.
+
+A strategy spreads the two cores one way: `PxT` = P worker processes with T math threads each,
+`bB` = B images per predictor call (e.g. `2x1`, `1x2`, `2x1b4`). Each worker is a subprocess
+(`python -m bench.inprocess`) that loads the model, warms up, says "ready" on stdout, and starts
+on "go" from stdin, so all workers run their loops over the same wall-clock window.
+"""
+
+import compat  # noqa: F401, I001  # first import of every entry point
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.config import parse_overrides, resolve_runtime
+from serving.model_spec import ModelSpec
+from serving.protocol import request_items
+
+_STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")
+WARMUP_CALLS = 5
+
+
+@dataclass(frozen=True)
+class Strategy:
+    processes: int
+    threads: int
+    batch: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Strategy":
+        match = _STRATEGY.match(text)
+        if not match:
+            raise ValueError(f"strategy {text!r}: expected PxT or PxTbB, e.g. 2x1 or 1x2b4")
+        processes, threads, batch = (int(g) if g else 1 for g in match.groups())
+        if min(processes, threads, batch) < 1:
+            raise ValueError(f"strategy {text!r}: every number must be >= 1")
+        return cls(processes, threads, batch)
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes}x{self.threads}" + (f"b{self.batch}" if self.batch > 1 else "")
+
+
+def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_file: Path,
+            runtime: list[str], duration_s: float, warmup_s: float, log: Path) -> dict:
+    """Runs the strategy's workers together (their stderr goes to `log`); returns throughput,
+    latency percentiles and peak RSS per worker."""
+    command = [sys.executable, "-m", "bench.inprocess", "--model-dir", str(model_dir),
+               "--serving-server", str(serving_server), "--images", str(images_file),
+               "--threads", str(strategy.threads), "--batch", str(strategy.batch),
+               "--duration", str(duration_s), "--warmup", str(warmup_s),
+               *(f"--runtime={pair}" for pair in runtime)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(strategy.threads)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as errors:
+        workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=errors, text=True, env=env)
+                   for _ in range(strategy.processes)]
+    try:
+        for worker in workers:
+            _expect_line(worker, "ready", log)
+        for worker in workers:
+            worker.stdin.write("go\n")  # type: ignore[union-attr]
+            worker.stdin.flush()  # type: ignore[union-attr]
+        reports = [json.loads(_expect_line(worker, "{", log)) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+    latencies = np.concatenate([r["latencies_ms"] for r in reports])
+    per_image = sum(r["images"] for r in reports)
+    return {"strategy": strategy.label, "processes": strategy.processes,
+            "threads": strategy.threads, "batch": strategy.batch,
+            "throughput": round(per_image / duration_s, 2),
+            "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p90_ms": round(float(np.percentile(latencies, 90)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "rss_mb_per_process": round(max(r["max_rss_mb"] for r in reports), 1)}
+
+
+def _expect_line(worker: subprocess.Popen, prefix: str, log: Path) -> str:
+    line = worker.stdout.readline()  # type: ignore[union-attr]
+    if not line.startswith(prefix):
+        worker.wait(timeout=30)
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"in-process worker failed (exit {worker.returncode}), expected "
+                           f"{prefix!r}, got {line!r}; last lines of {log}:\n{tail}")
+    return line
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+
+def worker(args: argparse.Namespace) -> None:
+    from serving.handler import ModelHandler
+    from serving.predictor import InProcessPredictor
+
+    spec = ModelSpec.load(args.model_dir)
+    overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
+    runtime = resolve_runtime(spec, args.serving_server, overrides)
+    handler = ModelHandler(spec, args.serving_server).load()
+    predictor = InProcessPredictor(args.serving_server, spec.fetches, runtime)
+    jpegs = json.loads(args.images.read_text())["jpegs_hex"]
+    requests = [request_items([bytes.fromhex(jpegs[(i + j) % len(jpegs)])
+                               for j in range(args.batch)]) for i in range(len(jpegs))]
+
+    def serve_one(request: dict[str, str]) -> None:
+        batch = handler.preprocess(request)
+        handler.postprocess(batch.keys, predictor(batch.feed))
+
+    for index in range(WARMUP_CALLS):
+        serve_one(requests[index % len(requests)])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.perf_counter() + args.warmup
+    end = start + args.duration
+    latencies, index = [], 0
+    while (now := time.perf_counter()) < end:
+        serve_one(requests[index % len(requests)])
+        index += 1
+        finished = time.perf_counter()
+        if finished >= start and finished < end:
+            latencies.append((finished - now) * 1000)
+    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"latencies_ms": latencies, "images": len(latencies) * args.batch,
+                      "max_rss_mb": max_rss_mb}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True, help="models/<name>")
+    parser.add_argument("--serving-server", type=Path, required=True,
+                        help="build/.../serving_server folder (model files)")
+    parser.add_argument("--images", type=Path, required=True,
+                        help='JSON file {"jpegs_hex": [...]} (written by python -m bench)')
+    parser.add_argument("--threads", type=int, default=1, help="math threads (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    parser.add_argument("--duration", type=float, default=5.0, help="timed seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
+    parser.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
+                        help="predictor settings, as for python -m serving")
+    worker(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The benchmark's outputs: a table on stdout, the JSON file, and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HEADER = (f"{'variant':<11}{'transport':<10}{'conc':>5}{'req/s':>9}{'p50':>8}{'p90':>8}"
+          f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'gen cpu':>9}{'err':>5}")
+
+
+def add_ratios(model: dict[str, Any], reference: str) -> None:
+    """Each run's throughput over the in-process limit and over the reference variant's same
+    transport and concurrency (None when there is no such run)."""
+    limit = model["inprocess_limit"]["throughput"] if model.get("inprocess_limit") else None
+    base = {(run["transport"], run["concurrency"]): run["throughput"]
+            for run in model["variants"].get(reference, {}).get("runs", [])}
+    for variant in model["variants"].values():
+        for run in variant["runs"]:
+            run["vs_inprocess"] = round(run["throughput"] / limit, 3) if limit else None
+            other = base.get((run["transport"], run["concurrency"]))
+            run["vs_reference"] = round(run["throughput"] / other, 2) if other else None
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    for name, model in results["models"].items():
+        lines.append(f"\n== {name} ==")
+        for strategy in model["inprocess"]:
+            best = " <- limit" if strategy is model["inprocess_limit"] or (
+                strategy["strategy"] == model["inprocess_limit"]["strategy"]) else ""
+            lines.append(f"in-process {strategy['strategy']:<7} {strategy['throughput']:8.1f} "
+                         f"img/s  p50 {strategy['p50_ms']:6.1f}  p99 {strategy['p99_ms']:6.1f} ms"
+                         f"  rss {strategy['rss_mb_per_process']:.0f} MB/process{best}")
+        lines.append("times in ms; cpu = CPU ms per request (server / load generator)")
+        lines.append(HEADER)
+        for variant_name, variant in model["variants"].items():
+            for run in variant["runs"]:
+                lines.append(
+                    f"{variant_name:<11}{run['transport']:<10}{run['concurrency']:>5}"
+                    f"{run['throughput']:>9.1f}{_number(run['p50_ms'], 1):>8}"
+                    f"{_number(run['p90_ms'], 1):>8}{_number(run['p99_ms'], 1):>8}"
+                    f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
+                    f"{run['server_cpu_ms_per_request']:>9.2f}"
+                    f"{run['loadgen_cpu_ms_per_request']:>9.2f}{run['errors']:>5}")
+        for variant_name, variant in model["variants"].items():
+            idle, peak = variant["memory_idle"], variant["memory_peak"]
+            lines.append(f"memory {variant_name}: idle RSS {idle['rss_mb']:.0f} MB / PSS "
+                         f"{idle['pss_mb']:.0f} MB in {idle['processes']} processes; under load "
+                         f"RSS {peak['rss_mb']:.0f} MB / PSS {peak['pss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return path
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Per model: throughput and p99 latency against concurrency, one line per variant and
+    transport, the in-process limit as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    figure, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
+    for row, (name, model) in enumerate(models.items()):
+        speed, tail = axes[row]
+        for variant_name, variant in model["variants"].items():
+            for transport in sorted({run["transport"] for run in variant["runs"]}):
+                runs = sorted((r for r in variant["runs"] if r["transport"] == transport),
+                              key=lambda r: r["concurrency"])
+                x = [r["concurrency"] for r in runs]
+                style = "-o" if variant_name != "reference" else "--s"
+                label = f"{variant_name} {transport}"
+                speed.plot(x, [r["throughput"] for r in runs], style, label=label, markersize=4)
+                tail.plot(x, [r["p99_ms"] for r in runs], style, label=label, markersize=4)
+        if model.get("inprocess_limit"):
+            limit = model["inprocess_limit"]
+            speed.axhline(limit["throughput"], color="black", linestyle=":",
+                          label=f"in-process limit ({limit['strategy']})")
+        for axis, title, unit in ((speed, "throughput", "requests/s"),
+                                  (tail, "p99 latency", "ms (log)")):
+            axis.set_xscale("log", base=2)
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel(unit)
+            axis.set_title(f"{name}: {title}")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+        tail.set_yscale("log")
+        speed.set_ylim(bottom=0)
+    figure.suptitle(results["machine"]["summary"], fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
