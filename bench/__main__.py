@@ -32,8 +32,8 @@ log = logging.getLogger("bench")
 REFERENCE_RUNTIME = {"worker_num": "1", "is_thread_op": "false", "concurrency": "1",
                      "thread_num": "2", "ir_optim": "false", "use_mkldnn": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
-SMOKE = {"concurrency": "1,2", "duration": 1.0, "warmup": 0.5, "images": 4,
-         "inprocess": "1x1", "inprocess_duration": 1.0}
+SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
+         "inprocess": "1x1", "inprocess_duration": 0.5}
 EPILOG = """\
 examples:
   python -m bench                                   # both models, full run (~15 min)

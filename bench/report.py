@@ -87,9 +87,12 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             limit = model["inprocess_limit"]
             speed.axhline(limit["throughput"], color="black", linestyle=":",
                           label=f"in-process limit ({limit['strategy']})")
+        concurrencies = sorted({r["concurrency"] for v in model["variants"].values()
+                                for r in v["runs"]})
         for axis, title, unit in ((speed, "throughput", "requests/s"),
                                   (tail, "p99 latency", "ms (log)")):
             axis.set_xscale("log", base=2)
+            axis.set_xticks(concurrencies, [str(c) for c in concurrencies])
             axis.set_xlabel("concurrent clients")
             axis.set_ylabel(unit)
             axis.set_title(f"{name}: {title}")
