@@ -121,8 +121,11 @@ def train(cfg: dict, out: Path, seed: int) -> tuple[Path, list[dict[str, float]]
     seed_everything(seed)
     model = create(cfg["architecture"])
     init_objectness_bias(model)
-    cfg["model"] = model
-    trainer = Trainer(cfg, mode="train")
+    cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
+    try:
+        trainer = Trainer(cfg, mode="train")
+    finally:  # load_config returns ppdet's process-wide config: later loads must build anew
+        del cfg["model"]
     curve = LearningCurve(trainer, out / "curve.json")
     trainer.register_callbacks([curve])
     trainer.train(validate=True)

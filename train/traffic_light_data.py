@@ -293,7 +293,8 @@ def generate(root: Path, spec: DatasetSpec) -> Path:
     (root / "label_list.txt").write_text("".join(f"{label}\n" for label in LABELS))
     for split in spec.splits():
         (root / f"{split.name}.txt").write_text("".join(_write_split(root, split, spec.seed)))
-    write_contact_sheet(root, "train.txt", root / "contact_sheet.png")
+    shown = next(split.name for split in spec.splits() if split.count)
+    write_contact_sheet(root, f"{shown}.txt", root / "contact_sheet.png")
     manifest.write_text(json.dumps(asdict(spec), indent=2))
     return root
 
