@@ -86,6 +86,8 @@ def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_fi
             "p50_ms": round(float(np.percentile(latencies, 50)), 2),
             "p90_ms": round(float(np.percentile(latencies, 90)), 2),
             "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "cpu_ms_per_image": round(1000 * sum(r["cpu_s"] for r in reports)
+                                      / max(1, per_image), 2),
             "rss_mb_per_process": round(max(r["max_rss_mb"] for r in reports), 1)}
 
 
@@ -125,16 +127,19 @@ def worker(args: argparse.Namespace) -> None:
     sys.stdin.readline()
     start = time.perf_counter() + args.warmup
     end = start + args.duration
-    latencies, index = [], 0
+    latencies, index, cpu_at_start = [], 0, None
     while (now := time.perf_counter()) < end:
+        if cpu_at_start is None and now >= start:
+            cpu_at_start = time.process_time()
         serve_one(requests[index % len(requests)])
         index += 1
         finished = time.perf_counter()
-        if finished >= start and finished < end:
+        if start <= finished < end:
             latencies.append((finished - now) * 1000)
+    cpu_s = time.process_time() - (cpu_at_start or time.process_time())
     max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"latencies_ms": latencies, "images": len(latencies) * args.batch,
-                      "max_rss_mb": max_rss_mb}), flush=True)
+                      "cpu_s": cpu_s, "max_rss_mb": max_rss_mb}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Each of `concurrency` clients sends its next request as soon as the previous ans
 HTTP: one thread multiplexes every keep-alive connection over raw non-blocking sockets with
 `selectors`, writing pre-built request bytes and parsing only the status line, the length and the
 error number. gRPC: one thread per client calling a generic unary-unary method with identity
-serializers on pre-serialized messages over one shared channel. The generator's own CPU time
+serializers on pre-serialized messages, one connection per client. The generator's own CPU time
 (all threads of this process) is measured, since it shares the cores with the server.
 """
 
@@ -229,11 +229,14 @@ def run_rpc(host: str, port: int, messages: Sequence[bytes], concurrency: int,
     result = LoadResult("rpc", concurrency, duration_s)
     window = _Window(warmup_s, duration_s)
     lock = threading.Lock()
-    channel = grpc.insecure_channel(f"{host}:{port}", options=[
-        ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
-    call = channel.unary_unary(RPC_METHOD)  # no serializers: bytes in, bytes out
+    # One connection per client, as separate clients have (a server may spread connections
+    # over worker processes); a local subchannel pool keeps channels from sharing one.
+    channels = [grpc.insecure_channel(f"{host}:{port}", options=[
+        ("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20)]) for _ in range(concurrency)]
 
     def client(offset: int) -> None:
+        call = channels[offset].unary_unary(RPC_METHOD)  # no serializers: bytes in and out
         index = offset
         while time.perf_counter() < window.end:
             started = time.perf_counter()
@@ -260,6 +263,7 @@ def run_rpc(host: str, port: int, messages: Sequence[bytes], concurrency: int,
     window.tick(time.perf_counter())
     for thread in threads:
         thread.join()
-    channel.close()
+    for channel in channels:
+        channel.close()
     result.loadgen_cpu_s = window.cpu_s
     return result

@@ -31,12 +31,13 @@ def table(results: dict[str, Any]) -> str:
     lines = []
     for name, model in results["models"].items():
         lines.append(f"\n== {name} ==")
+        limit = model["inprocess_limit"]
         for strategy in model["inprocess"]:
-            best = " <- limit" if strategy is model["inprocess_limit"] or (
-                strategy["strategy"] == model["inprocess_limit"]["strategy"]) else ""
+            best = " <- limit" if limit and strategy["strategy"] == limit["strategy"] else ""
             lines.append(f"in-process {strategy['strategy']:<7} {strategy['throughput']:8.1f} "
                          f"img/s  p50 {strategy['p50_ms']:6.1f}  p99 {strategy['p99_ms']:6.1f} ms"
-                         f"  rss {strategy['rss_mb_per_process']:.0f} MB/process{best}")
+                         f"  cpu {strategy['cpu_ms_per_image']:5.1f} ms/img  "
+                         f"rss {strategy['rss_mb_per_process']:.0f} MB/process{best}")
         lines.append("times in ms; cpu = CPU ms per request (server / load generator)")
         lines.append(HEADER)
         for variant_name, variant in model["variants"].items():
