@@ -1,31 +1,44 @@
-"""python -m serving start|stop|status|run: the Paddle Serving pipeline services of models/*."""
+"""python -m serving start|stop|status|run|supervise: the Paddle Serving pipeline services of
+models/*, each with health endpoints, Prometheus metrics and a graceful stop, kept alive by a
+supervisor."""
 
 import compat  # noqa: F401, I001  # first import of every entry point
 
 import argparse
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from export import ChecksumError, verify_checksums
 from serving.config import parse_overrides, render_config, resolve_runtime, write_config
+from serving.handler import ModelHandler
 from serving.layout import ROOT, Layout, parse_port_flags, ports_for
-from serving.manager import (Record, ServingError, describe, ensure_serving_folder,
-                             group_alive, launch, running_records, stop_record, wait_ready)
+from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
+                             process_alive, running_records, stop_record, wait_ready)
+from serving.options import resolve_options
+from serving.supervisor import run_supervisor, supervisor_pid
+
+log = logging.getLogger("serving")
 
 EPILOG = """\
 examples:
   python -m serving start                       # both services, default ports, in the background
   python -m serving start --port peach=28080:29993 --runtime thread_num=1
   python -m serving status
-  python -m serving stop
+  python -m serving stop                        # supervisor first, then each service drains
   python -m serving run --model peach           # one service in the foreground (Ctrl-C stops)
 
 Ports: --port NAME=HTTP:RPC, else env SERVING_<NAME>_HTTP_PORT / SERVING_<NAME>_RPC_PORT, else
-models/<name>/model.yml. Runtime keys (config.yml): worker_num, is_thread_op, concurrency,
-thread_num, ir_optim, use_mkldnn, mem_optim. Files: build/serving/<name>/config.yml (rendered),
-build/logs/<name>.log, build/run/<name>.json.
+models/<name>/model.yml. Each HTTP port also serves GET /health/live, /health/ready, /metrics.
+Runtime keys: config.yml ones (worker_num, is_thread_op, concurrency, thread_num, ir_optim,
+use_mkldnn, mem_optim) and service ones (http_front project|upstream, host, drain_timeout_s,
+max_inflight, max_body_bytes, max_images, max_image_bytes, max_image_pixels).
+Files: build/serving/<name>/config.yml (rendered), build/logs/<name>.log,
+build/logs/supervisor.log, build/run/<name>.json, build/run/supervisor.pid.
 """
 
 
@@ -46,6 +59,7 @@ def start(layout: Layout, args: argparse.Namespace) -> int:
     if not names:
         raise ServingError(f"no model descriptions under {layout.models_dir}")
     port_flags = parse_port_flags(args.port)
+    runtime = [*args.runtime, *([f"host={args.host}"] if args.host else [])]
     specs = [layout.spec(name) for name in names]
     for spec in specs:
         ensure_serving_folder(layout, spec)
@@ -53,12 +67,11 @@ def start(layout: Layout, args: argparse.Namespace) -> int:
     launched, waiting = [], []
     try:
         for spec in specs:
-            if spec.name in already and group_alive(already[spec.name].pid):
+            if spec.name in already and process_alive(already[spec.name].pid):
                 print(f"[{spec.name}] already running (pid {already[spec.name].pid})")
                 waiting.append((already[spec.name], None))
                 continue
-            record, process = launch(layout, spec, ports_for(spec, port_flags), args.runtime,
-                                     args.rpc_host)
+            record, process = launch(layout, spec, ports_for(spec, port_flags), runtime)
             print(f"[{spec.name}] starting (pid {record.pid}), log {record.log}", flush=True)
             launched.append(record)
             waiting.append((record, process))
@@ -70,7 +83,37 @@ def start(layout: Layout, args: argparse.Namespace) -> int:
             stop_record(layout, record)
         raise
     _print_endpoints([record for record, _ in waiting], latencies)
+    if args.supervise:
+        _start_supervisor(layout)
     return 0
+
+
+def _start_supervisor(layout: Layout) -> None:
+    """Start (or restart, to pick up new records) the supervisor in its own session."""
+    _stop_supervisor(layout)
+    log_file = layout.build_dir / "logs" / "supervisor.log"
+    command = [sys.executable, "-m", "serving", "supervise", "--models-dir",
+               str(layout.models_dir), "--build-dir", str(layout.build_dir)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
+    with log_file.open("a", encoding="utf-8") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    print(f"supervisor: pid {process.pid}, restarts a dead or unready service; log {log_file}")
+
+
+def _stop_supervisor(layout: Layout) -> None:
+    pid = supervisor_pid(layout)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if process_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    print(f"supervisor (pid {pid}) stopped")
 
 
 def _print_endpoints(records: list[Record], latencies: dict[str, float]) -> None:
@@ -89,6 +132,9 @@ def _print_endpoints(records: list[Record], latencies: dict[str, float]) -> None
 
 def stop(layout: Layout, args: argparse.Namespace) -> int:
     records = [r for r in running_records(layout) if not args.models or r.name in args.models]
+    _stop_supervisor(layout)  # first: it would restart the services we stop
+    if args.models and running_records(layout) != records:
+        _start_supervisor(layout)  # keep watching the others
     if not records:
         print("nothing to stop")
     failures = 0
@@ -107,28 +153,51 @@ def status(layout: Layout, args: argparse.Namespace) -> int:
         print("no service running (start with: python -m serving start)")
         return 3
     lines = [describe(record) for record in records]
+    pid = supervisor_pid(layout)
+    lines.append(f"supervisor: running, pid {pid}" if pid else "supervisor: NOT RUNNING")
     print("\n".join(lines))
-    return 0 if all(": running" in line and "answering (" in line for line in lines) else 1
+    return 0 if all(", ready" in line for line in lines[:-1]) else 1
 
 
 def run(layout: Layout, args: argparse.Namespace) -> int:
     spec = layout.spec(args.model)
     ensure_serving_folder(layout, spec)
     serving_server = layout.serving_server(spec.name)
+    try:
+        verified = verify_checksums(serving_server)
+    except ChecksumError as error:
+        raise ServingError(f"[{spec.name}] refusing to serve: {error}. Re-export the model "
+                           "(`make models`) if the change is intended.") from None
+    log.info("%s: %d model files match their export checksums", spec.name, len(verified))
     ports = ports_for(spec, parse_port_flags(args.port))
-    runtime = resolve_runtime(spec, serving_server, parse_overrides(args.runtime))
-    config = write_config(layout.config_file(spec.name),
-                          render_config(spec, serving_server, runtime, ports.http, ports.rpc),
-                          runtime)
+    overrides = parse_overrides(args.runtime)
+    runtime = resolve_runtime(spec, serving_server, overrides)
+    options = resolve_options(spec.runtime, overrides)
+    rendered = render_config(spec, serving_server, runtime, ports.http, ports.rpc)
+    config = write_config(layout.config_file(spec.name), rendered, runtime)
     workdir = layout.serving_dir(spec.name)
     os.chdir(workdir)  # the pipeline writes ProcessInfo.json and PipelineServingLogs/ into cwd
     os.environ.setdefault("SERVING_LOG_PATH", str(workdir))
-    logging.info("serving %s on http %d / rpc %d with %s", spec.name, ports.http, ports.rpc,
-                 config)
-    from serving.service import run as serve  # imports the pipeline: after SERVING_LOG_PATH
+    log.info("serving %s on http %d / rpc %d (front %s, host %s) with %s", spec.name, ports.http,
+             ports.rpc, options.http_front, options.host, config)
+    handler = ModelHandler(spec, serving_server, options.limits)
+    # The pipeline is imported only now: after SERVING_LOG_PATH is set.
+    from serving.service import build_servicer, run_upstream
 
-    serve(spec, serving_server, config)
-    return 0
+    if options.http_front == "upstream":
+        os.environ["SERVING_RPC_HOST"] = options.host  # compat fix 6 binds the gRPC port there
+        log.warning("http_front=upstream: Paddle Serving's Go gateway binds every interface on "
+                    "port %d (compiled in) and has no health endpoint", ports.http)
+        run_upstream(handler, config)
+        return 0
+    from serving.host import serve
+
+    return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
+                 ports.http, ports.rpc)
+
+
+def supervise(layout: Layout, args: argparse.Namespace) -> int:
+    return run_supervisor(layout)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,8 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="*", help="model names (default: every models/*/model.yml)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds to wait for the first successful prediction (default 300)")
-    p.add_argument("--rpc-host", default=os.environ.get("SERVING_RPC_HOST", "127.0.0.1"),
-                   help="interface the gRPC port binds (default 127.0.0.1; [::] = all)")
+    p.add_argument("--host", default=os.environ.get("SERVING_HOST"),
+                   help="interface both ports bind (default 127.0.0.1, or $SERVING_HOST; "
+                        "0.0.0.0 = every interface); same as --runtime host=...")
+    p.add_argument("--no-supervisor", dest="supervise", action="store_false",
+                   help="do not start the supervisor that restarts dead services")
     p.set_defaults(command=start)
 
     p = sub.add_parser("stop", parents=[common], help="stop what `start` started")
@@ -168,6 +240,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common, served], help="serve one model in the foreground")
     p.add_argument("--model", required=True, help="model name (a folder of --models-dir)")
     p.set_defaults(command=run)
+
+    p = sub.add_parser("supervise", parents=[common],
+                       help="watch the started services; restart dead ones (start runs it)")
+    p.set_defaults(command=supervise)
     return parser
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from serving.model_spec import ModelSpec
+from serving.options import SERVICE_DEFAULTS
 
 AUTO = "auto"
 RUNTIME_DEFAULTS: dict[str, Any] = {
@@ -46,9 +47,11 @@ def is_pir_program(serving_server: Path) -> bool:
 def resolve_runtime(spec: ModelSpec, serving_server: Path,
                     overrides: Mapping[str, Any] | None = None) -> Runtime:
     values = {**RUNTIME_DEFAULTS, **spec.runtime, **(overrides or {})}
-    unknown = sorted(set(values) - {f.name for f in fields(Runtime)})
+    unknown = sorted(set(values) - {f.name for f in fields(Runtime)} - set(SERVICE_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown runtime settings {unknown}; known: {sorted(RUNTIME_DEFAULTS)}")
+        raise ValueError(f"unknown runtime settings {unknown}; known: "
+                         f"{sorted(RUNTIME_DEFAULTS) + sorted(SERVICE_DEFAULTS)}")
+    values = {key: value for key, value in values.items() if key not in SERVICE_DEFAULTS}
     pir = is_pir_program(serving_server)
     if values["use_mkldnn"] == AUTO:
         # A PIR YOLOv3 with oneDNN segfaults at predictor creation on paddle 3.3.1 (notes,

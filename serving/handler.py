@@ -1,11 +1,12 @@
 """One model's request handling, independent of the serving framework (KServe-style stages):
-load -> preprocess (request -> feed) -> predict (feed -> outputs) -> postprocess (outputs ->
-response). The Paddle Serving Op (serving.service) delegates to it; the parity test and any
-future HTTP front of our own can call it directly.
+load -> decode (base64 -> checked image) -> preprocess (image -> feed) -> predict (feed ->
+outputs) -> postprocess (outputs -> response). The Paddle Serving Op (serving.service) delegates
+to it; the parity tests call it directly.
 
 Request: {"image": <base64>} or {"image_0": <base64>, "image_1": ...} (the PaddleClas and
 PaddleDetection client shapes); several images are one batch. Response: one JSON string per image
-key, in the schema documented in serving.postprocess.
+key, in the schema documented in serving.postprocess. Refusals raise ServiceError with a stable
+code (serving.errors).
 """
 
 from __future__ import annotations
@@ -14,65 +15,92 @@ import base64
 import binascii
 import json
 import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from serving.errors import ServiceError
+from serving.limits import Limits, check_encoded_size, check_image_header
 from serving.model_spec import ModelSpec
 from serving.postprocess import Postprocessor, build_postprocessor
-from serving.preprocess import Preprocessor, Sample
+from serving.preprocess import Preprocessor, Sample, decode_image
 
-# Paddle Serving's own "user input error" code (pipeline/error_catch.py, INPUT_PARAMS_ERROR), so
-# clients see one code for every request the service refuses.
-BAD_REQUEST = 5000
-MAX_IMAGES_PER_REQUEST = 64
+DEFAULT_LIMITS = Limits()
 _IMAGE_KEY = re.compile(r"^image(?:_(\d+))?$")
+# Keys the pipeline itself may add to a request (dag.py: "pipeline.profile" asks for timings).
+PIPELINE_KEYS = frozenset({"pipeline.profile"})
+# Reserved response key carrying per-stage seconds from the Op back to the front (which strips
+# it): with process ops the Op runs in another process, so the timings travel with the answer.
+STAGES_KEY = "@stage_seconds"
 
 
-class BadRequest(ValueError):
-    """The request itself is wrong (no image, bad base64, not an image): the client must fix it."""
-
-
-def image_keys(request: Mapping[str, Any]) -> list[str]:
+def image_keys(request: Mapping[str, Any], max_images: int = DEFAULT_LIMITS.max_images
+               ) -> list[str]:
     """The request's image keys: `image`, or `image_0`, `image_1`, ... in index order."""
     keys = [key for key in request if _IMAGE_KEY.match(key)]
+    unknown = sorted(set(request) - set(keys) - PIPELINE_KEYS)
+    if unknown:
+        raise ServiceError("UNKNOWN_KEY", f"unknown key(s) {unknown}: send key 'image' or "
+                           "'image_0', 'image_1', ... with base64-encoded image bytes")
     if not keys:
-        raise BadRequest(f"no image in the request (keys {sorted(request)}): send key 'image' "
-                         "or 'image_0', 'image_1', ... with base64-encoded image bytes")
-    if len(keys) > MAX_IMAGES_PER_REQUEST:
-        raise BadRequest(f"{len(keys)} images in one request; the limit is "
-                         f"{MAX_IMAGES_PER_REQUEST}")
+        raise ServiceError("MISSING_IMAGE", "no image in the request: send key 'image' or "
+                           "'image_0', 'image_1', ... with base64-encoded image bytes")
+    if len(keys) > max_images:
+        raise ServiceError("TOO_MANY_IMAGES", f"{len(keys)} images in one request; the limit "
+                           f"is {max_images}")
     return sorted(keys, key=lambda key: int(_IMAGE_KEY.match(key).group(1) or -1))  # type: ignore[union-attr]
 
 
-def decode_base64(key: str, value: Any) -> bytes:
+def decode_base64(key: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:
     if not isinstance(value, str | bytes):
-        raise BadRequest(f"{key}: expected a base64 string, got {type(value).__name__}")
+        raise ServiceError("INVALID_BASE64",
+                           f"{key}: expected a base64 string, got {type(value).__name__}")
     text = value.decode("latin1") if isinstance(value, bytes) else value
+    compact = "".join(text.split())
+    if not compact:
+        raise ServiceError("EMPTY_IMAGE", f"{key}: empty value (expected base64 image bytes)")
+    check_encoded_size(key, len(compact), limits)
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise BadRequest(f"{key}: invalid base64 ({error})") from None
+        raise ServiceError("INVALID_BASE64", f"{key}: invalid base64 ({error})") from None
     if not data:
-        raise BadRequest(f"{key}: empty image")
+        raise ServiceError("EMPTY_IMAGE", f"{key}: empty image (0 bytes)")
     return data
+
+
+def decode_checked(key: str, value: Any, limits: Limits) -> np.ndarray:
+    """base64 -> RGB image, enforcing the byte and pixel limits before decoding the pixels."""
+    data = decode_base64(key, value, limits)
+    if len(data) > limits.max_image_bytes:
+        raise ServiceError("IMAGE_TOO_LARGE", f"{key}: {len(data)} bytes; the limit is "
+                           f"{limits.max_image_bytes} bytes per image")
+    check_image_header(key, data, limits)
+    try:
+        return decode_image(data)
+    except ValueError as error:
+        raise ServiceError("NOT_AN_IMAGE", f"{key}: {error}") from None
 
 
 @dataclass
 class Batch:
     keys: list[str]
     feed: dict[str, np.ndarray]
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
 
 class ModelHandler:
     """Pre- and postprocessing of one described model; `load()` before use."""
 
-    def __init__(self, spec: ModelSpec, serving_server: Path | None = None):
+    def __init__(self, spec: ModelSpec, serving_server: Path | None = None,
+                 limits: Limits = DEFAULT_LIMITS):
         self.spec = spec
         self.serving_server = serving_server
+        self.limits = limits
         self._preprocessor: Preprocessor | None = None
         self._postprocessor: Postprocessor | None = None
 
@@ -85,15 +113,19 @@ class ModelHandler:
 
     def preprocess(self, request: Mapping[str, Any]) -> Batch:
         assert self._preprocessor is not None, "call load() first"
-        keys = image_keys(request)
+        started = time.perf_counter()
+        keys = image_keys(request, self.limits.max_images)
+        images = [decode_checked(key, request[key], self.limits) for key in keys]
+        decoded = time.perf_counter()
         samples = []
-        for key in keys:
-            data = decode_base64(key, request[key])
+        for key, image in zip(keys, images, strict=True):
             try:
-                samples.append(self._preprocessor(data))
-            except ValueError as error:
-                raise BadRequest(f"{key}: {error}") from None
-        return Batch(keys=keys, feed=self._feed(samples))
+                samples.append(self._preprocessor.from_array(image))
+            except ValueError as error:  # e.g. smaller than the crop
+                raise ServiceError("NOT_AN_IMAGE", f"{key}: {error}") from None
+        feed = self._feed(samples)
+        return Batch(keys=keys, feed=feed, seconds={"decode": decoded - started,
+                                                    "preprocess": time.perf_counter() - decoded})
 
     def postprocess(self, keys: list[str], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
         assert self._postprocessor is not None, "call load() first"

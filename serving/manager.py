@@ -5,7 +5,9 @@ group: LocalPredictor SIGKILLs its whole process group when predictor creation f
 (paddle_serving_app/local_predict.py:236,294), and stopping means signalling that group. Its
 working dir is build/serving/<name>/ (the pipeline writes ProcessInfo.json and
 PipelineServingLogs/ into it), its output goes to build/logs/<name>.log, and a JSON record in
-build/run/<name>.json says what to stop.
+build/run/<name>.json says what to stop. A supervisor (serving.supervisor) watches the services'
+readiness and restarts dead ones. Stopping sends SIGTERM to the service process only (it drains
+its in-flight requests, then stops its op processes), and SIGKILLs the group only if it lingers.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from pathlib import Path
 
 from serving.layout import ROOT, Layout, Ports
 from serving.model_spec import ModelSpec
-from serving.protocol import http_url, post_http, probe_image, request_items
+from serving.options import SERVICE_DEFAULTS
+from serving.protocol import get_json, health_url, http_url, post_http, probe_image, request_items
 
 LOG_TAIL_LINES = 40
 READY_POLL_S = 0.5
-STOP_GRACE_S = 15.0
+HEALTH_TIMEOUT_S = 2.0
+STOP_GRACE_S = SERVICE_DEFAULTS["drain_timeout_s"] + 5.0  # the service's drain, plus exit time
 
 
 class ServingError(RuntimeError):
@@ -44,10 +48,16 @@ class Record:
     rpc_port: int
     log: str
     started_at: float
+    front: str = "project"  # runtime http_front: project (health endpoints) or upstream
+    runtime: tuple[str, ...] = ()  # the --runtime pairs it was started with (for restarts)
 
     @property
     def url(self) -> str:
         return http_url("127.0.0.1", self.http_port, self.service)
+
+    @property
+    def has_health(self) -> bool:
+        return self.front == "project"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +65,17 @@ class Record:
 
     @classmethod
     def load(cls, path: Path) -> Record:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        fields = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{**fields, "runtime": tuple(fields.get("runtime", ()))})
+
+
+def process_alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
 
 
 def group_alive(pgid: int) -> bool:
@@ -91,6 +111,21 @@ def predict_once(record: Record, timeout: float = 10.0) -> tuple[dict, float]:
     return response, time.perf_counter() - started
 
 
+def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
+    """None when the service is ready, else why not: GET /health/ready on the project front, a
+    real prediction on the upstream one (it has no health endpoint)."""
+    try:
+        if record.has_health:
+            status, body = get_json(health_url("127.0.0.1", record.http_port), timeout)
+            return None if status == 200 else f"HTTP {status}: {body.get('reason', body)}"
+        response, _ = predict_once(record, timeout)
+    except OSError as error:
+        return f"not answering ({error})"
+    if response.get("err_no") == 0:
+        return None
+    return f"err_no {response.get('err_no')}: {response.get('err_msg')}"
+
+
 # --- start ---------------------------------------------------------------------------------------
 
 
@@ -111,8 +146,8 @@ def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> None:
                            f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
 
-def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str],
-           rpc_host: str) -> tuple[Record, subprocess.Popen]:
+def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
+           ) -> tuple[Record, subprocess.Popen]:
     for port in (ports.http, ports.rpc):
         if port_listening(port):
             raise ServingError(f"[{spec.name}] port {port} is already in use; stop what holds "
@@ -120,47 +155,47 @@ def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
     log = layout.log_file(spec.name)
     log.parent.mkdir(parents=True, exist_ok=True)
     workdir = layout.serving_dir(spec.name)
+    runtime = tuple(runtime)
     command = [sys.executable, "-m", "serving", "run", "--model", spec.name,
                "--models-dir", str(layout.models_dir), "--build-dir", str(layout.build_dir),
                "--port", f"{spec.name}={ports.http}:{ports.rpc}",
                *(f"--runtime={pair}" for pair in runtime)]
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": python_path, "SERVING_LOG_PATH": str(workdir),
-           "SERVING_RPC_HOST": rpc_host, "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1"}
     with log.open("w", encoding="utf-8") as out:
         out.write(f"$ {' '.join(command)}\n")
         out.flush()
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
+    front = dict(pair.partition("=")[::2] for pair in runtime).get(
+        "http_front", spec.runtime.get("http_front", SERVICE_DEFAULTS["http_front"]))
     record = Record(name=spec.name, service=spec.service.name, pid=process.pid,
                     http_port=ports.http, rpc_port=ports.rpc, log=str(log),
-                    started_at=time.time())
+                    started_at=time.time(), front=str(front), runtime=runtime)
     record.save(layout.pid_file(spec.name))
     return record, process
 
 
 def wait_ready(record: Record, process: subprocess.Popen | None, deadline: float) -> float:
-    """Poll with real predictions until one succeeds; returns its latency in seconds."""
+    """Poll readiness until it holds, then time one real prediction (seconds)."""
     last_error = "no answer yet"
     while time.monotonic() < deadline:
         exited = process.poll() if process is not None else None
-        if exited is not None or not group_alive(record.pid):
+        if exited is not None or not process_alive(record.pid):
             raise ServingError(f"[{record.name}] exited during start-up (status {exited}); "
                                f"last lines of {record.log}:\n{log_tail(Path(record.log))}")
-        try:
-            response, seconds = predict_once(record, timeout=min(30.0, deadline -
-                                                                 time.monotonic() + 0.1))
-        except OSError as error:  # not listening yet
-            last_error = str(error)
-        else:
+        reason = readiness(record, timeout=min(30.0, deadline - time.monotonic() + 0.1))
+        if reason is None:
+            response, seconds = predict_once(record, timeout=30.0)
             if response.get("err_no") == 0:
                 return seconds
-            last_error = f"err_no {response.get('err_no')}: {response.get('err_msg')}"
+            reason = f"err_no {response.get('err_no')}: {response.get('err_msg')}"
+        last_error = reason
         time.sleep(READY_POLL_S)
-    raise ServingError(f"[{record.name}] no successful prediction before the timeout "
-                       f"({last_error}); last lines of {record.log}:\n"
-                       f"{log_tail(Path(record.log))}")
+    raise ServingError(f"[{record.name}] not ready before the timeout ({last_error}); last "
+                       f"lines of {record.log}:\n{log_tail(Path(record.log))}")
 
 
 # --- stop / status -------------------------------------------------------------------------------
@@ -170,15 +205,19 @@ def running_records(layout: Layout) -> list[Record]:
     return [Record.load(path) for path in sorted((layout.build_dir / "run").glob("*.json"))]
 
 
-def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S) -> str:
-    """SIGTERM the service's process group, SIGKILL what is left after `grace` seconds, wait
-    until its ports are free, forget it."""
+def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S,
+                kill: bool = False) -> str:
+    """Stop a service and forget it. Gracefully: SIGTERM to the service process alone (it drains,
+    then stops its op processes; a SIGTERM to the whole group would kill those mid-request), then
+    SIGKILL whatever is left of the group after `grace` seconds. kill=True: SIGKILL at once."""
     how = "was not running"
     if group_alive(record.pid):
-        how = "stopped"
-        _signal_group(record.pid, signal.SIGTERM)
-        if not _wait(lambda: not group_alive(record.pid), grace):
-            how = f"killed (no exit {grace:.0f} s after SIGTERM)"
+        how = "killed" if kill else "stopped"
+        if not kill:
+            _signal_process(record.pid, signal.SIGTERM)
+        if kill or not _wait(lambda: not group_alive(record.pid), grace):
+            if not kill:
+                how = f"killed (no exit {grace:.0f} s after SIGTERM)"
             _signal_group(record.pid, signal.SIGKILL)
             _wait(lambda: not group_alive(record.pid), grace)
     ports_free = _wait(lambda: not (port_listening(record.http_port)
@@ -195,6 +234,11 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def _signal_process(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
 def _wait(condition, timeout: float, poll: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
@@ -205,15 +249,14 @@ def _wait(condition, timeout: float, poll: float = 0.1) -> bool:  # type: ignore
 
 
 def describe(record: Record) -> str:
-    """One status line: alive? answering? endpoints."""
-    if not group_alive(record.pid):
+    """One status line: alive? ready? endpoints."""
+    if not process_alive(record.pid):
         return f"{record.name}: DEAD (record left by a crash; `python -m serving stop` clears it)"
-    try:
-        response, seconds = predict_once(record, timeout=5.0)
-        health = (f"answering ({seconds * 1000:.0f} ms)" if response.get("err_no") == 0
-                  else f"error {response.get('err_no')}: {response.get('err_msg')}")
-    except OSError as error:
-        health = f"not answering ({error})"
-    return (f"{record.name}: running, pid {record.pid}, {health}\n"
-            f"    http {record.url}\n    rpc  127.0.0.1:{record.rpc_port}\n"
-            f"    log  {record.log}")
+    reason = readiness(record, timeout=5.0)
+    health = "ready" if reason is None else f"NOT READY: {reason}"
+    lines = [f"{record.name}: running, pid {record.pid}, {health}",
+             f"    http {record.url}", f"    rpc  127.0.0.1:{record.rpc_port}"]
+    if record.has_health:
+        lines.append(f"    health {health_url('127.0.0.1', record.http_port)}, metrics "
+                     f"http://127.0.0.1:{record.http_port}/metrics")
+    return "\n".join([*lines, f"    log  {record.log}"])

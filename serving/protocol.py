@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -32,12 +33,42 @@ def http_url(host: str, port: int, service: str) -> str:
 
 
 def post_http(url: str, items: dict[str, str], timeout: float) -> dict[str, Any]:
-    """POST one prediction request; raises OSError (URLError, timeout) when unreachable."""
+    """POST one prediction request; the answer keeps the upstream shape whatever the HTTP status
+    (the project's front uses 4xx/5xx, the upstream gateway always 200). Raises OSError
+    (URLError, timeout) when unreachable or when the answer is not a pipeline response."""
     body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
     request = urllib.request.Request(url, data=body,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            answer = _json_or_none(error.read())
+        if not isinstance(answer, dict) or "err_no" not in answer:
+            raise
+        return answer
+
+
+def get_json(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """GET a JSON endpoint (health): (HTTP status, body); OSError when unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, _json_or_none(error.read()) or {}
+
+
+def health_url(host: str, port: int, probe: str = "ready") -> str:
+    return f"http://{host}:{port}/health/{probe}"
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def decode_results(keys: Sequence[str], values: Sequence[str]) -> dict[str, Any]:

@@ -160,7 +160,7 @@ def test_start_wrote_config_logs_and_records(services: Services) -> None:
         assert (services.build_dir / "logs" / f"{name}.log").is_file()
     assert sorted(r["name"] for r in services.records()) == sorted(MODELS)
     status = services.cli("status")
-    assert status.returncode == 0 and status.stdout.count("answering (") == 2, status.stdout
+    assert status.returncode == 0 and status.stdout.count(", ready") == 2, status.stdout
 
 
 def test_http_rpc_and_in_process_agree(services: Services, images: list[Path]) -> None:
@@ -246,23 +246,30 @@ def test_clients_json_output_exit_codes_and_drawings(
     failed = run_client(transport, "peach", services.ports["peach"][index], str(images[0]),
                         str(not_an_image))
     assert failed.returncode == 1
-    assert "FAILED err_no=5000" in failed.stdout and "not a decodable image" in failed.stdout
+    assert "FAILED err_no=5005" in failed.stdout and "not a decodable image" in failed.stdout
     closed = free_ports(1)[0]
     unreachable = run_client(transport, "peach", closed, "--timeout", "5", str(images[0]))
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
 
 
-def test_failed_start_reports_the_log_and_leaves_nothing(
-        services: Services, tmp_path: Path) -> None:
-    # A serving folder whose weights got corrupted after export: predictor creation fails, and
+@pytest.mark.parametrize(("manifest", "words"), [
+    ("kept", "model files do not match model_checksums.sha256: modified: inference.pdiparams"),
+    # checksums rewritten to match: the corruption reaches predictor creation, which fails, and
     # LocalPredictor SIGKILLs its process group.
+    ("rewritten", "failed to create predictor"),
+])
+def test_failed_start_reports_the_log_and_leaves_nothing(
+        services: Services, tmp_path: Path, manifest: str, words: str) -> None:
+    from export.checksums import write_checksums
+
     broken = Services(services.models_dir, tmp_path / "build", {"peach": tuple(free_ports(2))})
-    serving_dir = broken.build_dir / "serving" / "peach"
-    shutil.copytree(services.build_dir / "serving" / "peach" / "serving_server",
-                    serving_dir / "serving_server")
-    (serving_dir / "serving_server" / "inference.pdiparams").write_bytes(b"\0" * 64)
+    serving_server = broken.build_dir / "serving" / "peach" / "serving_server"
+    shutil.copytree(services.build_dir / "serving" / "peach" / "serving_server", serving_server)
+    (serving_server / "inference.pdiparams").write_bytes(b"\0" * 64)  # corrupted after export
+    if manifest == "rewritten":
+        write_checksums(serving_server)
     done = broken.cli("start", "peach", "--timeout", "120")
     assert done.returncode != 0
     assert "exited during start-up" in done.stderr and "last lines of" in done.stderr
-    assert "failed to create predictor" in done.stderr  # the service's own words, from its log
+    assert words in done.stderr  # the service's own words, from its log
     assert not broken.records() and not broken.leftovers([])

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from serving.config import render_config, resolve_runtime
-from serving.handler import BadRequest, ModelHandler, image_keys, stack_padded
+from serving.errors import ServiceError
+from serving.handler import ModelHandler, image_keys, stack_padded
 from serving.layout import Layout, parse_port_flags, ports_for
 from serving.model_spec import ModelSpec, ModelSpecError, read_labels
 from serving.postprocess import Detection, TopK, build_postprocessor
@@ -102,8 +103,13 @@ def test_image_keys_accept_both_client_shapes_in_index_order() -> None:
     assert image_keys({"image": "x"}) == ["image"]
     assert image_keys({"image_10": 1, "image_2": 1, "pipeline.profile": 1}) == \
         ["image_2", "image_10"]
-    with pytest.raises(BadRequest, match="no image in the request"):
-        image_keys({"img": "x"})
+    with pytest.raises(ServiceError, match="no image in the request"):
+        image_keys({})
+    with pytest.raises(ServiceError, match=r"unknown key\(s\) \['img'\]") as refused:
+        image_keys({"img": "x", "image": "y"})
+    assert refused.value.err_no == 5002
+    with pytest.raises(ServiceError, match="3 images in one request; the limit is 2"):
+        image_keys({"image_0": 1, "image_1": 1, "image_2": 1}, max_images=2)
 
 
 def test_classifier_handler_batches_images_and_rejects_bad_ones(model_copy) -> None:
@@ -111,11 +117,11 @@ def test_classifier_handler_batches_images_and_rejects_bad_ones(model_copy) -> N
     batch = handler.preprocess({"image_0": b64(jpeg(300, 400)), "image_1": b64(jpeg(256, 256))})
     assert batch.keys == ["image_0", "image_1"]
     assert batch.feed["x"].shape == (2, 3, 224, 224) and batch.feed["x"].dtype == np.float32
-    with pytest.raises(BadRequest, match="image: invalid base64"):
+    with pytest.raises(ServiceError, match="image: invalid base64"):
         handler.preprocess({"image": "%%% not base64 %%%"})
-    with pytest.raises(BadRequest, match="image_0: not a decodable image"):
+    with pytest.raises(ServiceError, match="image_0: not a decodable image"):
         handler.preprocess({"image_0": b64(b"GIF89a but not really")})
-    with pytest.raises(BadRequest, match="empty image"):
+    with pytest.raises(ServiceError, match="empty value"):
         handler.preprocess({"image": ""})
 
 

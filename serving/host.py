@@ -1,0 +1,377 @@
+"""One model's service process with the project's front (runtime http_front=project): the upstream
+pipeline (DAG, ops, LocalPredictor) served by our own gRPC server (upstream protocol, so
+PipelineClient works unchanged) and our own HTTP/1.1 keep-alive server, both bound to the
+configured host (127.0.0.1 by default). It replaces Paddle Serving's Go gateway, which binds every
+interface, adds a gRPC hop, answers every error with HTTP 200 and has no health endpoint.
+
+HTTP routes: POST /<service>/prediction (upstream body shape), GET /health/live,
+GET /health/ready, GET /metrics (Prometheus text). SIGTERM/SIGINT: stop accepting on both ports,
+let in-flight requests finish (at most drain_timeout_s), exit 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import socketserver
+import threading
+import time
+from concurrent import futures
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
+
+from serving import errors
+from serving.errors import BY_NAME
+from serving.handler import STAGES_KEY
+from serving.metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry, resident_memory_bytes
+from serving.options import ServiceOptions
+from serving.protocol import probe_image
+
+log = logging.getLogger("serving.host")
+STAGES = ("decode", "preprocess", "predict", "postprocess")
+PROBE_EVERY_S = 10.0  # re-check that the model answers when no request succeeded for this long
+PROBE_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 600.0
+
+
+def _response(name: str, message: str) -> pipeline_service_pb2.Response:
+    return pipeline_service_pb2.Response(err_no=BY_NAME[name].err_no, err_msg=message)
+
+
+class ServiceMetrics:
+    def __init__(self, host: ServiceHost):
+        self.registry = Registry()
+        add = self.registry.add
+        self.requests: Counter = add(Counter(  # type: ignore[assignment]
+            "serving_requests_total", "Prediction requests answered, by protocol, outcome "
+            "(ok, client_error, rejected, server_error) and err_no.",
+            ("service", "protocol", "outcome", "code")))
+        self.latency: Histogram = add(Histogram(  # type: ignore[assignment]
+            "serving_request_duration_seconds", "Time from receiving a prediction request to "
+            "answering it, inside the service.", ("service", "protocol")))
+        self.stages: Histogram = add(Histogram(  # type: ignore[assignment]
+            "serving_stage_duration_seconds", "Time per pipeline stage of successful requests "
+            "(decode, preprocess, predict, postprocess).", ("service", "stage")))
+        add(Gauge("serving_inflight_requests", "Prediction requests being processed.",
+                  lambda: host.inflight))
+        add(Gauge("serving_ready", "1 when the model is loaded and answers, else 0.",
+                  lambda: float(host.ready_reason() is None)))
+        add(Gauge("process_resident_memory_bytes", "Resident memory of the service process.",
+                  resident_memory_bytes))
+
+
+class ServiceHost:
+    """State shared by both fronts: readiness, in-flight accounting, drain, metrics."""
+
+    def __init__(self, service: str, servicer: Any, options: ServiceOptions):
+        self.service = service
+        self.options = options
+        self._servicer = servicer
+        self._lock = threading.Condition()
+        self.inflight = 0
+        self.accepted = self.answered = 0
+        self.draining = False
+        self._loaded = False
+        self._last_success = 0.0
+        self._workers: list[Any] = []  # DAG threads and op processes, checked by readiness
+        self._probe_lock = threading.Lock()
+        self.metrics = ServiceMetrics(self)
+
+    # --- readiness -------------------------------------------------------------------------
+
+    def watch_workers(self, workers: list[Any]) -> None:
+        self._workers = workers
+
+    def ready_reason(self) -> str | None:
+        """None when ready, else why not (cheap: no prediction)."""
+        if self.draining:
+            return "draining: the service is stopping"
+        if not self._loaded:
+            return "starting: the model is loading"
+        dead = [getattr(w, "name", str(w)) for w in self._workers if not w.is_alive()]
+        if dead:
+            return f"pipeline worker(s) died: {', '.join(dead)}"
+        return None
+
+    def check_ready(self) -> str | None:
+        """ready_reason, plus a real prediction when none succeeded for PROBE_EVERY_S."""
+        reason = self.ready_reason()
+        if reason is None and time.monotonic() - self._last_success > PROBE_EVERY_S:
+            reason = self.probe()
+        return reason
+
+    def probe(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+        """One prediction of a synthetic image straight through the DAG (not counted)."""
+        if not self._probe_lock.acquire(blocking=False):  # one probe at a time; others
+            return self.ready_reason()  # answer from the state it will update
+        try:
+            request = pipeline_service_pb2.Request(
+                key=["image"], value=[base64.b64encode(probe_image()).decode()],
+                name=self.service)
+            pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
+            try:
+                reply = pool.submit(self._servicer.inference, request, None).result(timeout)
+            except futures.TimeoutError:
+                return f"the model did not answer a probe within {timeout:.0f} s"
+            finally:
+                pool.shutdown(wait=False)
+            if reply.err_no != errors.OK:
+                return f"probe failed: err_no {reply.err_no}: {reply.err_msg}"
+            self._loaded = True
+            self._last_success = time.monotonic()
+            return None
+        finally:
+            self._probe_lock.release()
+
+    def wait_loaded(self, deadline: float, stop: threading.Event) -> bool:
+        """Probe until the model answers; False if asked to stop first."""
+        while (reason := self.probe()) is not None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.service}: not ready after start-up: {reason}")
+            log.info("%s: %s", self.service, reason)
+            if stop.wait(0.5):
+                return False
+        return True
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def predict(self, request: pipeline_service_pb2.Request, protocol: str
+                ) -> pipeline_service_pb2.Response:
+        started = time.perf_counter()
+        reply = self._admit_and_call(request)
+        if reply.err_no == errors.OK:
+            self._last_success = time.monotonic()
+        self._record(reply, protocol, time.perf_counter() - started)
+        return reply
+
+    def _admit_and_call(self, request: pipeline_service_pb2.Request
+                        ) -> pipeline_service_pb2.Response:
+        if request.name and request.name != self.service:
+            return _response("NO_SERVICE", f"no service {request.name!r} here; this port "
+                             f"serves {self.service!r}")
+        with self._lock:
+            if self.draining:
+                return _response("DRAINING", "the service is stopping; not accepting requests")
+            reason = self.ready_reason()  # cheap; a dead op process would never answer
+            if reason is not None:
+                return _response("NOT_READY", f"not ready: {reason}")
+            if self.inflight >= self.options.max_inflight:
+                return _response("OVERLOADED", f"{self.inflight} requests in flight (limit "
+                                 f"{self.options.max_inflight}); retry later")
+            self.inflight += 1
+            self.accepted += 1
+        try:
+            return self._servicer.inference(request, None)
+        except Exception as error:  # the upstream servicer should not raise; never drop one
+            log.exception("%s: prediction failed", self.service)
+            return _response("INTERNAL", f"{type(error).__name__}: {error}")
+        finally:
+            with self._lock:
+                self.inflight -= 1
+                self.answered += 1
+                self._lock.notify_all()
+
+    def _record(self, reply: pipeline_service_pb2.Response, protocol: str,
+                seconds: float) -> None:
+        if STAGES_KEY in reply.key:
+            index = list(reply.key).index(STAGES_KEY)
+            for stage, value in json.loads(reply.value[index]).items():
+                self.metrics.stages.observe(value, self.service, stage)
+            del reply.key[index], reply.value[index]
+        metrics = self.metrics
+        metrics.requests.inc(self.service, protocol, errors.outcome(reply.err_no),
+                             str(reply.err_no))
+        metrics.latency.observe(seconds, self.service, protocol)
+
+    # --- stop --------------------------------------------------------------------------------
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new requests, wait for in-flight ones; True if all finished in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self.draining = True
+            while self.inflight and time.monotonic() < deadline:
+                self._lock.wait(deadline - time.monotonic())
+            return self.inflight == 0
+
+
+class _GrpcServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
+    def __init__(self, host: ServiceHost):
+        self._host = host
+
+    def inference(self, request: pipeline_service_pb2.Request, context: Any
+                  ) -> pipeline_service_pb2.Response:
+        return self._host.predict(request, "grpc")
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], host: ServiceHost):
+        self.host = host
+        super().__init__(address, _HttpHandler)
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server: _HttpServer
+    server_version = "paddle-vision-serving"
+
+    def log_message(self, format: str, *args: Any) -> None:  # access log: off
+        pass
+
+    def do_GET(self) -> None:
+        host = self.server.host
+        if self.path == "/health/live":
+            self._send_json(200, {"status": "alive"})
+        elif self.path == "/health/ready":
+            reason = host.check_ready()
+            self._send_json(200 if reason is None else 503,
+                            {"status": "ready" if reason is None else "not ready",
+                             "reason": reason or ""})
+        elif self.path == "/metrics":
+            self._send(200, host.metrics.registry.render().encode(), CONTENT_TYPE)
+        else:
+            self._send_json(404, {"error": f"no route GET {self.path}; routes: POST "
+                                  f"/{host.service}/prediction, GET /health/live, "
+                                  "/health/ready, /metrics"})
+
+    def do_POST(self) -> None:
+        host = self.server.host
+        service, _, tail = self.path.lstrip("/").partition("/")
+        length = self.headers.get("Content-Length")
+        if tail != "prediction":
+            self.close_connection = True  # the body is left unread
+            self._send_json(404, {"error": f"no route POST {self.path}; predictions go to "
+                                  f"POST /{host.service}/prediction"})
+            return
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            self._reply(_response("BAD_REQUEST", "a Content-Length header is required "
+                                  "(chunked bodies are not supported)"))
+            return
+        if int(length) > host.options.limits.max_body_bytes:
+            self.close_connection = True  # do not read it
+            self._reply(_response("BODY_TOO_LARGE", f"body of {length} bytes; the limit is "
+                                  f"{host.options.limits.max_body_bytes} bytes"))
+            return
+        body = self.rfile.read(int(length))
+        try:
+            request = _parse_body(body, service)
+        except ValueError as error:
+            self._reply(_response("BAD_REQUEST", str(error)))
+            return
+        if host.draining:
+            self.close_connection = True
+        self._reply(host.predict(request, "http"), request.logid)
+
+    def _reply(self, reply: pipeline_service_pb2.Response, logid: int = 0) -> None:
+        if reply.err_no == BY_NAME["DRAINING"].err_no:
+            self.close_connection = True
+        body = {"err_no": reply.err_no, "err_msg": reply.err_msg, "key": list(reply.key),
+                "value": list(reply.value), "tensors": [], "logid": logid}
+        self._send_json(errors.http_status(reply.err_no), body)
+
+    def _send_json(self, status: int, body: dict[str, Any]) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json")
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status, HTTPStatus(status).phrase)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def _parse_body(body: bytes, service: str) -> pipeline_service_pb2.Request:
+    """The upstream gateway's JSON body -> the pipeline Request; ValueError says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"the body is not JSON ({error}); expected "
+                         '{"key": [...], "value": [...]}') from None
+    if not isinstance(data, dict):
+        raise ValueError('expected a JSON object {"key": [...], "value": [...]}')
+    keys, values = data.get("key"), data.get("value")
+    if not (isinstance(keys, list) and isinstance(values, list)):
+        raise ValueError('"key" and "value" must both be lists of strings')
+    if len(keys) != len(values):
+        raise ValueError(f'"key" has {len(keys)} items but "value" has {len(values)}')
+    if not all(isinstance(item, str) for item in keys + values):
+        raise ValueError('"key" and "value" items must be strings')
+    if data.get("tensors"):
+        raise ValueError('"tensors" are not accepted by image services; send base64 images '
+                         'in "value"')
+    logid = data.get("logid", 0)
+    if not isinstance(logid, int) or logid < 0:
+        raise ValueError('"logid" must be a non-negative integer')
+    return pipeline_service_pb2.Request(key=keys, value=values, name=service, logid=logid)
+
+
+def serve(service: str, build_servicer: Any, options: ServiceOptions, http_port: int,
+          rpc_port: int) -> int:
+    """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit status."""
+    threads_before = set(threading.enumerate())
+    # The DAG forks process ops here: before any socket exists, so no child inherits a
+    # listening socket (a killed service would otherwise keep its ports bound via its children),
+    # and before our signal handlers, so the op processes keep the default SIGTERM action.
+    host = ServiceHost(service, build_servicer(), options)
+    host.watch_workers([t for t in threading.enumerate() if t not in threads_before]
+                       + multiprocessing.active_children())
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    message_limit = options.limits.max_body_bytes
+    grpc_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_inflight,
+                                   thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", message_limit),
+                 ("grpc.max_send_message_length", message_limit),
+                 ("grpc.so_reuseport", 0)])
+    pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(_GrpcServicer(host),
+                                                                    grpc_server)
+    if grpc_server.add_insecure_port(f"{options.host}:{rpc_port}") == 0:
+        raise OSError(f"cannot bind gRPC to {options.host}:{rpc_port}")
+    http_server = _HttpServer((options.host, http_port), host)
+    grpc_server.start()
+    http_thread = threading.Thread(target=http_server.serve_forever, name="http", daemon=True)
+    http_thread.start()
+    log.info("%s: http://%s:%d (prediction, /health/live, /health/ready, /metrics), "
+             "grpc %s:%d; loading the model", service, options.host, http_port, options.host,
+             rpc_port)
+    if host.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
+        log.info("%s: ready", service)
+    stop.wait()
+    return _shutdown(host, grpc_server, http_server)
+
+
+def _shutdown(host: ServiceHost, grpc_server: grpc.Server, http_server: socketserver.TCPServer
+              ) -> int:
+    timeout = host.options.drain_timeout_s
+    log.info("%s: stopping: refusing new requests, draining %d in flight (at most %d s)",
+             host.service, host.inflight, timeout)
+    host.draining = True
+    stopped = grpc_server.stop(grace=timeout)  # closes the port; running RPCs may finish
+    http_server.shutdown()  # stop the accept loop, then close the listening socket
+    http_server.server_close()
+    drained = host.drain(timeout)
+    stopped.wait(timeout)
+    log.info("%s: stopped: %d requests accepted, %d answered, %d abandoned", host.service,
+             host.accepted, host.answered, host.accepted - host.answered)
+    for child in multiprocessing.active_children():  # process ops
+        child.terminate()
+    logging.shutdown()
+    # os._exit: the upstream op threads are not daemons and never return on their own.
+    os._exit(0 if drained else 1)
