@@ -157,7 +157,6 @@ def test_served_preprocessing_equals_ppdet_eval_reader(smoke_run: Path) -> None:
         np.testing.assert_allclose(sample.scale_factor, reference["scale_factor"], rtol=1e-6)
 
 
-@pytest.mark.slow
 def test_stock_roadsign_config_exports_and_serves(tmp_path: Path) -> None:
     """The stock architecture (MobileNetV1 x1.0, YOLOv3FPN, 608) through the same interface."""
     exported = export_inference_model(STOCK_CONFIG, None, tmp_path / "inference")
