@@ -26,11 +26,13 @@ from serving.manager import ensure_serving_folder
 
 log = logging.getLogger("bench")
 
-# PaddleClas's shipped deploy/paddleserving/config.yml: one gRPC worker, one op process, no IR
-# optimisation, no oneDNN. It sets no thread_num (the LocalPredictor then gets None and fails on
-# CPU); 2 = the machine's cores, the most favourable choice for the reference.
-REFERENCE_RUNTIME = {"worker_num": "1", "is_thread_op": "false", "concurrency": "1",
-                     "thread_num": "2", "ir_optim": "false", "use_mkldnn": "false"}
+# PaddleClas's shipped deploy/paddleserving/config.yml served the upstream way (Paddle Serving's
+# Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
+# thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
+# most favourable choice for the reference.
+REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1", "is_thread_op": "false",
+                     "concurrency": "1", "thread_num": "2", "ir_optim": "false",
+                     "use_mkldnn": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5}
