@@ -109,8 +109,19 @@ def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads:
                          run["p99_ms"], run["errors"])
     finally:
         services.stop(layout.models_dir, layout.build_dir, service)
-    return {"runtime": runtime, "config_yml": config, "memory_idle": vars(idle),
-            "memory_peak": vars(peak), "runs": runs}
+    return {"runtime": runtime, "resolved_runtime": resolved_runtime(config),
+            "config_yml": config, "memory_idle": vars(idle), "memory_peak": vars(peak),
+            "runs": runs}
+
+
+def resolved_runtime(config_yml: str) -> dict[str, str]:
+    """The settings the service really ran with: the `# runtime: k=v, ...` header line that
+    serving.config.write_config puts at the top of config.yml."""
+    for line in config_yml.splitlines():
+        if line.startswith("# runtime: "):
+            pairs = (pair.partition("=") for pair in line[len("# runtime: "):].split(", "))
+            return {key: value for key, _, value in pairs}
+    return {}
 
 
 def measure_served(args: argparse.Namespace, service: services.RunningService,
@@ -163,6 +174,7 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
         log.info("[%s] served variant %s %s", name, variant_name, runtime or "(defaults)")
         model["variants"][variant_name] = bench_variant(args, layout, name, payloads, runtime)
     report.add_ratios(model, "reference")
+    report.add_latency_overheads(model)
     return model
 
 

@@ -23,6 +23,19 @@ def add_ratios(model: dict[str, Any], reference: str) -> None:
             run["vs_reference"] = round(run["throughput"] / other, 2) if other else None
 
 
+def add_latency_overheads(model: dict[str, Any]) -> None:
+    """Per variant and transport: p50 at concurrency 1 minus the in-process p50 of one process
+    with the same math threads (same predictor settings, no queueing): what serving adds."""
+    single = {s["threads"]: s["p50_ms"] for s in model["inprocess"]
+              if s["processes"] == 1 and s["batch"] == 1}
+    for variant in model["variants"].values():
+        threads = int(variant["resolved_runtime"].get("thread_num", 0))
+        variant["p50_overhead_ms"] = {
+            run["transport"]: round(run["p50_ms"] - single[threads], 2)
+            for run in variant["runs"]
+            if run["concurrency"] == 1 and run["p50_ms"] is not None and threads in single}
+
+
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -49,6 +62,12 @@ def table(results: dict[str, Any]) -> str:
                     f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
                     f"{run['server_cpu_ms_per_request']:>9.2f}"
                     f"{run['loadgen_cpu_ms_per_request']:>9.2f}{run['errors']:>5}")
+        for variant_name, variant in model["variants"].items():
+            overheads = ", ".join(f"{transport} {ms:+.1f} ms" for transport, ms
+                                  in variant.get("p50_overhead_ms", {}).items())
+            if overheads:
+                lines.append(f"p50 overhead at concurrency 1, {variant_name} (vs in-process "
+                             f"1x{variant['resolved_runtime']['thread_num']}): {overheads}")
         for variant_name, variant in model["variants"].items():
             idle, peak = variant["memory_idle"], variant["memory_peak"]
             lines.append(f"memory {variant_name}: idle RSS {idle['rss_mb']:.0f} MB / PSS "
