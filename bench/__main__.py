@@ -4,7 +4,7 @@ For each model: (a) the in-process limit (the service's own work in plain loops,
 ways of using the cores; the best one is the limit), (b) each served variant (by default the
 project's configuration and the upstream reference configuration) over HTTP and gRPC at each
 concurrency, with a closed-loop load generator sending pre-encoded requests. Outputs: a table on
-stdout, <out>/bench.json and <out>/bench.png.
+stdout, <out>/bench.json, <out>/bench.md (the table in Markdown) and <out>/bench.png.
 """
 
 import compat  # noqa: F401, I001  # first import of every entry point
@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.table(results))
-    print(f"\nwrote {report.write_json(results, args.out / 'bench.json')}")
+    (args.out / "bench.md").write_text(report.markdown(results), encoding="utf-8")
+    print(f"\nwrote {report.write_json(results, args.out / 'bench.json')}, bench.md")
     print(f"wrote {report.plot(results, args.out / 'bench.png')}")
     return 0
 

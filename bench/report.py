@@ -76,6 +76,42 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The same figures as `table`, as Markdown (what docs/benchmarks.md quotes)."""
+    lines = []
+    for name, model in results["models"].items():
+        lines += [f"### {name}", "", "| in-process | img/s | p50 ms | p99 ms | CPU ms/img |",
+                  "|---|---:|---:|---:|---:|"]
+        limit = model["inprocess_limit"]
+        for s in model["inprocess"]:
+            mark = " (limit)" if limit and s["strategy"] == limit["strategy"] else ""
+            lines.append(f"| {s['strategy']}{mark} | {s['throughput']:.1f} | {s['p50_ms']:.1f} "
+                         f"| {s['p99_ms']:.1f} | {s['cpu_ms_per_image']:.1f} |")
+        lines += ["", "| variant | transport | clients | req/s | p50 ms | p90 ms | p99 ms | "
+                      "x in-process | x reference | server CPU ms/req | load gen CPU ms/req |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for variant_name, variant in model["variants"].items():
+            for run in variant["runs"]:
+                lines.append(
+                    f"| {variant_name} | {run['transport']} | {run['concurrency']} | "
+                    f"{run['throughput']:.1f} | {_number(run['p50_ms'], 1)} | "
+                    f"{_number(run['p90_ms'], 1)} | {_number(run['p99_ms'], 1)} | "
+                    f"{_number(run['vs_inprocess'], 2)} | {_number(run['vs_reference'], 2)} | "
+                    f"{run['server_cpu_ms_per_request']:.2f} | "
+                    f"{run['loadgen_cpu_ms_per_request']:.2f} |")
+        lines += ["", "| variant | p50 overhead at 1 client | idle RSS / PSS MB | "
+                      "under load RSS / PSS MB | processes |", "|---|---|---|---|---:|"]
+        for variant_name, variant in model["variants"].items():
+            idle, peak = variant["memory_idle"], variant["memory_peak"]
+            overhead = ", ".join(f"{t} {ms:+.1f} ms" for t, ms
+                                 in variant.get("p50_overhead_ms", {}).items()) or "-"
+            lines.append(f"| {variant_name} | {overhead} | {idle['rss_mb']:.0f} / "
+                         f"{idle['pss_mb']:.0f} | {peak['rss_mb']:.0f} / {peak['pss_mb']:.0f} | "
+                         f"{idle['processes']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_json(results: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1), encoding="utf-8")
