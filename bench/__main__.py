@@ -165,6 +165,7 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
     payloads = encode_payloads(jpegs)
     variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
     model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},
+                             "failed_variants": {},
                              "mean_jpeg_bytes": round(sum(map(len, jpegs)) / len(jpegs))}
     if args.inprocess:
         model["inprocess"] = bench_inprocess(args, layout, name, jpegs,
@@ -172,7 +173,12 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
         model["inprocess_limit"] = max(model["inprocess"], key=lambda s: s["throughput"])
     for variant_name, runtime in variants.items():
         log.info("[%s] served variant %s %s", name, variant_name, runtime or "(defaults)")
-        model["variants"][variant_name] = bench_variant(args, layout, name, payloads, runtime)
+        try:
+            model["variants"][variant_name] = bench_variant(args, layout, name, payloads,
+                                                            runtime)
+        except services.BenchError as error:  # one configuration failing is a result too
+            log.error("[%s] variant %s failed: %s", name, variant_name, error)
+            model["failed_variants"][variant_name] = {"runtime": runtime, "error": str(error)}
     report.add_ratios(model, "reference")
     report.add_latency_overheads(model)
     return model

@@ -62,6 +62,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
                     f"{run['server_cpu_ms_per_request']:>9.2f}"
                     f"{run['loadgen_cpu_ms_per_request']:>9.2f}{run['errors']:>5}")
+        for variant_name, failure in model.get("failed_variants", {}).items():
+            lines.append(f"variant {variant_name} FAILED: {failure['error'][:300]}")
         for variant_name, variant in model["variants"].items():
             overheads = ", ".join(f"{transport} {ms:+.1f} ms" for transport, ms
                                   in variant.get("p50_overhead_ms", {}).items())
