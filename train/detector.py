@@ -37,9 +37,12 @@ OBJECTNESS_PRIOR = 0.01  # most anchors see background: start the objectness the
 
 
 class CurriculumVOCDataSet(VOCDataSet):
-    """VOCDataSet that reads `easy_anno_path` for the first `easy_epochs` epochs, then `anno_path`.
+    """VOCDataSet that serves `easy_anno_path` for the first `easy_epochs` epochs, then `anno_path`.
 
     Both lists should hold the same number of images: the batch sampler is sized once.
+    ppdet's loader (ppdet/data/reader.py:212-217) starts the next epoch's worker processes, each
+    with its own copy of this dataset, as soon as an epoch ends: before the Trainer calls
+    set_epoch for it. So set_epoch(n) chooses the records of epoch n + 1 (worker_num >= 1).
     """
 
     def __init__(self, dataset_dir: str | None = None, anno_path: str | None = None,
@@ -60,13 +63,16 @@ class CurriculumVOCDataSet(VOCDataSet):
             self._records[anno_path] = self.roidbs
         return self._records[anno_path]
 
-    def parse_dataset(self) -> None:
-        self.set_epoch(self._epoch)
+    def records_for_epoch(self, epoch_id: int) -> list[dict]:
+        easy = self.easy_anno_path and epoch_id < self.easy_epochs
+        return self._records_of(self.easy_anno_path if easy else self.hard_anno_path)
+
+    def parse_dataset(self) -> None:  # before the first epoch's workers start
+        self.roidbs = self.records_for_epoch(0)
 
     def set_epoch(self, epoch_id: int) -> None:
         super().set_epoch(epoch_id)
-        easy = self.easy_anno_path and epoch_id < self.easy_epochs
-        self.roidbs = self._records_of(self.easy_anno_path if easy else self.hard_anno_path)
+        self.roidbs = self.records_for_epoch(epoch_id + 1)
 
 
 # ppdet's TrainDataset looks dataset classes up by name in ppdet.data.source (dataset.py:279)
