@@ -193,7 +193,7 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     from serving.host import serve
 
     return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
-                 ports.http, ports.rpc)
+                 ports.http, ports.rpc, forks=not runtime.is_thread_op)
 
 
 def supervise(layout: Layout, args: argparse.Namespace) -> int:

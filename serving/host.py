@@ -12,6 +12,7 @@ let in-flight requests finish (at most drain_timeout_s), exit 0.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -20,6 +21,7 @@ import signal
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +33,15 @@ from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_
 from serving import errors
 from serving.errors import BY_NAME
 from serving.handler import STAGES_KEY
-from serving.metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry, resident_memory_bytes
+from serving.metrics import (
+    CONTENT_TYPE,
+    CallbackCounter,
+    Counter,
+    Gauge,
+    Histogram,
+    Registry,
+    resident_memory_bytes,
+)
 from serving.options import ServiceOptions
 from serving.protocol import probe_image
 
@@ -60,6 +70,9 @@ class ServiceMetrics:
         self.stages: Histogram = add(Histogram(  # type: ignore[assignment]
             "serving_stage_duration_seconds", "Time per pipeline stage of successful requests "
             "(decode, preprocess, predict, postprocess).", ("service", "stage")))
+        add(CallbackCounter("serving_requests_accepted_total", "Prediction requests admitted "
+                            "to the pipeline (not refused as draining, unready or overloaded).",
+                            lambda: host.accepted))
         add(Gauge("serving_inflight_requests", "Prediction requests being processed.",
                   lambda: host.inflight))
         add(Gauge("serving_ready", "1 when the model is loaded and answers, else 0.",
@@ -71,14 +84,16 @@ class ServiceMetrics:
 class ServiceHost:
     """State shared by both fronts: readiness, in-flight accounting, drain, metrics."""
 
-    def __init__(self, service: str, servicer: Any, options: ServiceOptions):
+    def __init__(self, service: str, options: ServiceOptions):
         self.service = service
         self.options = options
-        self._servicer = servicer
+        self._servicer: Any = None  # the upstream PipelineServicer, once built (attach)
         self._lock = threading.Condition()
         self.inflight = 0
         self.accepted = self.answered = 0
+        self.responders = 0  # HTTP requests between reading and fully writing their response
         self.draining = False
+        self.closed = False  # drained: no further HTTP response may start
         self._loaded = False
         self._last_success = 0.0
         self._workers: list[Any] = []  # DAG threads and op processes, checked by readiness
@@ -87,8 +102,9 @@ class ServiceHost:
 
     # --- readiness -------------------------------------------------------------------------
 
-    def watch_workers(self, workers: list[Any]) -> None:
-        self._workers = workers
+    def attach(self, servicer: Any, workers: list[Any]) -> None:
+        """The built pipeline, and its threads/processes that must stay alive."""
+        self._servicer, self._workers = servicer, workers
 
     def ready_reason(self) -> str | None:
         """None when ready, else why not (cheap: no prediction)."""
@@ -110,6 +126,8 @@ class ServiceHost:
 
     def probe(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         """One prediction of a synthetic image straight through the DAG (not counted)."""
+        if self._servicer is None:
+            return self.ready_reason()
         if not self._probe_lock.acquire(blocking=False):  # one probe at a time; others
             return self.ready_reason()  # answer from the state it will update
         try:
@@ -193,13 +211,31 @@ class ServiceHost:
 
     # --- stop --------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def responding(self) -> Iterator[bool]:
+        """Around one HTTP request, up to its last byte: yields False once the service has
+        drained (the connection is then closed without an answer, so the client knows the
+        request was never processed, instead of a response cut by the exit)."""
+        with self._lock:
+            allowed = not self.closed
+            self.responders += allowed
+        try:
+            yield allowed
+        finally:
+            if allowed:
+                with self._lock:
+                    self.responders -= 1
+                    self._lock.notify_all()
+
     def drain(self, timeout: float) -> bool:
-        """Refuse new requests, wait for in-flight ones; True if all finished in time."""
+        """Refuse new requests, wait for in-flight ones and for the HTTP answers being written;
+        True if all finished in time."""
         deadline = time.monotonic() + timeout
         with self._lock:
             self.draining = True
-            while self.inflight and time.monotonic() < deadline:
+            while (self.inflight or self.responders) and time.monotonic() < deadline:
                 self._lock.wait(deadline - time.monotonic())
+            self.closed = True
             return self.inflight == 0
 
 
@@ -231,6 +267,20 @@ class _HttpHandler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        with self.server.host.responding() as allowed:
+            if allowed:
+                self._get()
+            else:
+                self.close_connection = True
+
+    def do_POST(self) -> None:
+        with self.server.host.responding() as allowed:
+            if allowed:
+                self._post()
+            else:
+                self.close_connection = True
+
+    def _get(self) -> None:
         host = self.server.host
         if self.path == "/health/live":
             self._send_json(200, {"status": "alive"})
@@ -242,18 +292,15 @@ class _HttpHandler(BaseHTTPRequestHandler):
         elif self.path == "/metrics":
             self._send(200, host.metrics.registry.render().encode(), CONTENT_TYPE)
         else:
-            self._send_json(404, {"error": f"no route GET {self.path}; routes: POST "
-                                  f"/{host.service}/prediction, GET /health/live, "
-                                  "/health/ready, /metrics"})
+            self._not_found()
 
-    def do_POST(self) -> None:
+    def _post(self) -> None:
         host = self.server.host
         service, _, tail = self.path.lstrip("/").partition("/")
         length = self.headers.get("Content-Length")
         if tail != "prediction":
             self.close_connection = True  # the body is left unread
-            self._send_json(404, {"error": f"no route POST {self.path}; predictions go to "
-                                  f"POST /{host.service}/prediction"})
+            self._not_found()
             return
         if length is None or not length.isdigit():
             self.close_connection = True
@@ -274,6 +321,11 @@ class _HttpHandler(BaseHTTPRequestHandler):
         if host.draining:
             self.close_connection = True
         self._reply(host.predict(request, "http"), request.logid)
+
+    def _not_found(self) -> None:
+        self._send_json(404, {"error": f"no route {self.command} {self.path}; routes: POST "
+                              f"/{self.server.host.service}/prediction, GET /health/live, "
+                              "/health/ready, /metrics"})
 
     def _reply(self, reply: pipeline_service_pb2.Response, logid: int = 0) -> None:
         if reply.err_no == BY_NAME["DRAINING"].err_no:
@@ -320,19 +372,35 @@ def _parse_body(body: bytes, service: str) -> pipeline_service_pb2.Request:
     return pipeline_service_pb2.Request(key=keys, value=values, name=service, logid=logid)
 
 
-def serve(service: str, build_servicer: Any, options: ServiceOptions, http_port: int,
-          rpc_port: int) -> int:
-    """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit status."""
+def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptions,
+          http_port: int, rpc_port: int, forks: bool) -> int:
+    """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit status.
+
+    forks: the pipeline starts process ops (is_thread_op false). Their DAG must then be built
+    before any socket exists, or the children would inherit the listening sockets (and keep the
+    ports bound after the service is killed); they load the model after the fork, so readiness
+    still says 503 meanwhile. Thread ops load the model while the DAG is built, so the fronts
+    open first and answer 503 during the load.
+    """
+    host = ServiceHost(service, options)
+    fronts = None if forks else _open_fronts(host, http_port, rpc_port)
     threads_before = set(threading.enumerate())
-    # The DAG forks process ops here: before any socket exists, so no child inherits a
-    # listening socket (a killed service would otherwise keep its ports bound via its children),
-    # and before our signal handlers, so the op processes keep the default SIGTERM action.
-    host = ServiceHost(service, build_servicer(), options)
-    host.watch_workers([t for t in threading.enumerate() if t not in threads_before]
-                       + multiprocessing.active_children())
-    stop = threading.Event()
+    servicer = build_servicer()
+    host.attach(servicer, [t for t in threading.enumerate() if t not in threads_before]
+                + multiprocessing.active_children())
+    stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    grpc_server, http_server = fronts or _open_fronts(host, http_port, rpc_port)
+    if host.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
+        log.info("%s: ready", service)
+    stop.wait()
+    return _shutdown(host, grpc_server, http_server)
+
+
+def _open_fronts(host: ServiceHost, http_port: int, rpc_port: int
+                 ) -> tuple[grpc.Server, _HttpServer]:
+    options = host.options
     message_limit = options.limits.max_body_bytes
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_inflight,
@@ -346,15 +414,10 @@ def serve(service: str, build_servicer: Any, options: ServiceOptions, http_port:
         raise OSError(f"cannot bind gRPC to {options.host}:{rpc_port}")
     http_server = _HttpServer((options.host, http_port), host)
     grpc_server.start()
-    http_thread = threading.Thread(target=http_server.serve_forever, name="http", daemon=True)
-    http_thread.start()
+    threading.Thread(target=http_server.serve_forever, name="http", daemon=True).start()
     log.info("%s: http://%s:%d (prediction, /health/live, /health/ready, /metrics), "
-             "grpc %s:%d; loading the model", service, options.host, http_port, options.host,
-             rpc_port)
-    if host.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
-        log.info("%s: ready", service)
-    stop.wait()
-    return _shutdown(host, grpc_server, http_server)
+             "grpc %s:%d", host.service, options.host, http_port, options.host, rpc_port)
+    return grpc_server, http_server
 
 
 def _shutdown(host: ServiceHost, grpc_server: grpc.Server, http_server: socketserver.TCPServer

@@ -118,6 +118,12 @@ class Gauge(_Metric):
         return [f"{self.name} {_number(self._read())}"]
 
 
+class CallbackCounter(Gauge):
+    """A monotonic total kept elsewhere, read at scrape time."""
+
+    kind = "counter"
+
+
 class Registry:
     def __init__(self) -> None:
         self._metrics: list[_Metric] = []

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from paddle_serving_server.pipeline import Op, PipelineServer, RequestOp, ResponseOp
-from paddle_serving_server.pipeline.pipeline_server import PipelineServicer
+from paddle_serving_server.pipeline import Op, RequestOp, ResponseOp
+from paddle_serving_server.pipeline.dag import DAG
+from paddle_serving_server.pipeline.pipeline_server import PipelineServicer, ServerYamlConfChecker
 from paddle_serving_server.web_service import WebService
 
 from serving.errors import ServiceError
@@ -82,13 +83,16 @@ class ModelOp(Op):
 
 def build_servicer(handler: ModelHandler, config: dict[str, Any]) -> PipelineServicer:
     """The upstream servicer (DAG executor started, ops launched) for a rendered config.yml
-    mapping; the caller serves it. Builds the DAG the way PipelineServer.run_server does."""
-    name = handler.spec.service.name
+    mapping; the caller serves it on its own ports. Does what PipelineServer.prepare_server
+    does minus its port checks (our fronts may already hold the ports) and ProcessInfo.json."""
+    config = ServerYamlConfChecker.load_server_yaml_conf(yml_dict=config)  # + defaults
     response_op = ResponseOp(input_ops=[ModelOp(handler, RequestOp())])
-    server = PipelineServer(name)
-    server.set_response_op(response_op)
-    server.prepare_server(yml_dict=config)  # validates, fills defaults in place, inits the ops
-    return PipelineServicer(name, response_op, config)
+    used_ops, _ = DAG.get_use_ops(response_op)
+    for op in used_ops:
+        if not isinstance(op, RequestOp | ResponseOp):
+            op.init_from_dict(config["op"][op.name])
+            op.launch_local_rpc_service()  # logs only, for local_predictor ops
+    return PipelineServicer(handler.spec.service.name, response_op, config)
 
 
 class _UpstreamService(WebService):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from serving.manager import group_alive, port_listening
 
@@ -45,6 +48,15 @@ class Services:
         return subprocess.run([sys.executable, "-m", "serving", command, *args], cwd=ROOT,
                               env=QUIET_ENV, capture_output=True, text=True, timeout=timeout)
 
+    def popen_run(self, name: str, *extra: str) -> subprocess.Popen:
+        """`python -m serving run` of one model in the foreground, as a child of the test."""
+        http, rpc = self.ports[name]
+        return subprocess.Popen(
+            [sys.executable, "-m", "serving", "run", "--model", name, "--models-dir",
+             str(self.models_dir), "--build-dir", str(self.build_dir),
+             f"--port={name}={http}:{rpc}", *extra], cwd=ROOT, env=QUIET_ENV,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
     def records(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in (self.build_dir / "run").glob("*.json")]
 
@@ -61,3 +73,59 @@ def run_client(transport: str, service: str, port: int, *args: str
     return subprocess.run([sys.executable, str(script), "--service", service, "--port", str(port),
                            *args], cwd=ROOT, env=QUIET_ENV, capture_output=True, text=True,
                           timeout=300)
+
+
+INFER_CFG = {"mode": "paddle", "arch": "YOLO", "Preprocess": [
+    {"type": "Resize", "target_size": [320, 320], "keep_ratio": False, "interp": 2},
+    {"type": "NormalizeImage", "is_scale": True, "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225]},
+    {"type": "Permute"}]}
+
+
+def save_tiny_models(models_dir: Path) -> None:
+    """Random-init models with the real interfaces: classifier x -> softmax [N, 4]; detector
+    (im_shape, image, scale_factor) -> NMS boxes [M, 6] + boxes per image [N] int32."""
+    import paddle
+    from paddle import nn
+    from paddle.nn import functional
+    from paddle.static import InputSpec
+
+    paddle.seed(7)
+
+    class Classifier(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2D(3, 8, 3, stride=4), nn.Linear(8, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            pooled = functional.adaptive_avg_pool2d(functional.relu(self.conv(x)), 1)
+            return functional.softmax(self.fc(pooled.flatten(1)) * 5)
+
+    class Detector(nn.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2D(3, 3 * (5 + 8), 3, stride=32, padding=1)
+
+        def forward(self, im_shape, image, scale_factor):  # type: ignore[no-untyped-def]
+            size = (im_shape / scale_factor).astype("int32")
+            boxes, scores = paddle.vision.ops.yolo_box(
+                self.head(image), size, anchors=[10, 13, 16, 30, 33, 23], class_num=8,
+                conf_thresh=0.0, downsample_ratio=32, clip_bbox=True)
+            out, count, _ = paddle.vision.ops.matrix_nms(
+                boxes, scores.transpose([0, 2, 1]), score_threshold=0.01, post_threshold=0.01,
+                nms_top_k=100, keep_top_k=20, return_rois_num=True, return_index=True)
+            return out, count
+
+    specs = {"peach": [InputSpec([None, 3, 224, 224], "float32", "x")],
+             "traffic_light": [InputSpec([None, 2], "float32", "im_shape"),
+                               InputSpec([None, 3, 320, 320], "float32", "image"),
+                               InputSpec([None, 2], "float32", "scale_factor")]}
+    for name, layer in (("peach", Classifier()), ("traffic_light", Detector())):
+        folder = models_dir / name
+        (folder / "inference").mkdir(parents=True)
+        for file in ("model.yml", "label_list.txt"):
+            shutil.copy(ROOT / "models" / name / file, folder / file)
+        layer.eval()
+        static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
+        paddle.jit.save(static, str(folder / "inference" / "inference"))
+    (models_dir / "traffic_light/inference/infer_cfg.yml").write_text(yaml.safe_dump(INFER_CFG))

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from service_helpers import ROOT, Services, free_ports, run_client
+from service_helpers import Services, free_ports, run_client, save_tiny_models
 
 from serving.config import resolve_runtime
 from serving.handler import ModelHandler
@@ -23,62 +23,6 @@ from serving.protocol import decode_results, http_url, post_http, request_items
 
 pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")
-INFER_CFG = {"mode": "paddle", "arch": "YOLO", "Preprocess": [
-    {"type": "Resize", "target_size": [320, 320], "keep_ratio": False, "interp": 2},
-    {"type": "NormalizeImage", "is_scale": True, "mean": [0.485, 0.456, 0.406],
-     "std": [0.229, 0.224, 0.225]},
-    {"type": "Permute"}]}
-
-
-def _save_tiny_models(models_dir: Path) -> None:
-    """Random-init models with the real interfaces: classifier x -> softmax [N, 4]; detector
-    (im_shape, image, scale_factor) -> NMS boxes [M, 6] + boxes per image [N] int32."""
-    import paddle
-    from paddle import nn
-    from paddle.nn import functional
-    from paddle.static import InputSpec
-
-    paddle.seed(7)
-
-    class Classifier(nn.Layer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv, self.fc = nn.Conv2D(3, 8, 3, stride=4), nn.Linear(8, 4)
-
-        def forward(self, x):  # type: ignore[no-untyped-def]
-            pooled = functional.adaptive_avg_pool2d(functional.relu(self.conv(x)), 1)
-            return functional.softmax(self.fc(pooled.flatten(1)) * 5)
-
-    class Detector(nn.Layer):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = nn.Conv2D(3, 3 * (5 + 8), 3, stride=32, padding=1)
-
-        def forward(self, im_shape, image, scale_factor):  # type: ignore[no-untyped-def]
-            size = (im_shape / scale_factor).astype("int32")
-            boxes, scores = paddle.vision.ops.yolo_box(
-                self.head(image), size, anchors=[10, 13, 16, 30, 33, 23], class_num=8,
-                conf_thresh=0.0, downsample_ratio=32, clip_bbox=True)
-            out, count, _ = paddle.vision.ops.matrix_nms(
-                boxes, scores.transpose([0, 2, 1]), score_threshold=0.01, post_threshold=0.01,
-                nms_top_k=100, keep_top_k=20, return_rois_num=True, return_index=True)
-            return out, count
-
-    specs = {"peach": [InputSpec([None, 3, 224, 224], "float32", "x")],
-             "traffic_light": [InputSpec([None, 2], "float32", "im_shape"),
-                               InputSpec([None, 3, 320, 320], "float32", "image"),
-                               InputSpec([None, 2], "float32", "scale_factor")]}
-    for name, layer in (("peach", Classifier()), ("traffic_light", Detector())):
-        folder = models_dir / name
-        (folder / "inference").mkdir(parents=True)
-        for file in ("model.yml", "label_list.txt"):
-            shutil.copy(ROOT / "models" / name / file, folder / file)
-        layer.eval()
-        static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
-        paddle.jit.save(static, str(folder / "inference" / "inference"))
-    (models_dir / "traffic_light/inference/infer_cfg.yml").write_text(yaml.safe_dump(INFER_CFG))
-
-
 def _jpeg(height: int, width: int, seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
@@ -89,7 +33,7 @@ def _jpeg(height: int, width: int, seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models_dir = tmp_path_factory.mktemp("models")
-    _save_tiny_models(models_dir)
+    save_tiny_models(models_dir)
     return models_dir
 
 
@@ -155,7 +99,6 @@ def test_start_wrote_config_logs_and_records(services: Services) -> None:
         config = yaml.safe_load((serving_dir / "config.yml").read_text())
         assert (config["http_port"], config["rpc_port"]) == services.ports[name]
         assert config["op"][name]["local_service_conf"]["client_type"] == "local_predictor"
-        assert (serving_dir / "ProcessInfo.json").is_file()
         assert (serving_dir / "PipelineServingLogs" / "pipeline.log").is_file()
         assert (services.build_dir / "logs" / f"{name}.log").is_file()
     assert sorted(r["name"] for r in services.records()) == sorted(MODELS)

@@ -1,0 +1,471 @@
+"""Reliability of the services on tiny random models (issue 6): health endpoints, Prometheus
+metrics, error codes and HTTP statuses for every kind of bad input over HTTP and gRPC, limits,
+a short mixed load with answers checked against in-process results, recovery by the supervisor
+after a kill, graceful stop under load, loopback-only binding."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import re
+import signal
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
+from service_helpers import Services, free_ports, save_tiny_models
+
+from serving.layout import Layout
+from serving.manager import Record, running_records
+from serving.protocol import decode_results, get_json, health_url, request_items
+from serving.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
+
+pytestmark = pytest.mark.service
+MODELS = ("peach", "traffic_light")
+LIMITS = {"max_body_bytes": 2_000_000, "max_image_bytes": 1_000_000,
+          "max_image_pixels": 4_000_000, "max_images": 4}
+RUNTIME = [f"--runtime={key}={value}" for key, value in LIMITS.items()]
+RESTART_LIMIT_S = 10.0
+RSS_GROWTH_LIMIT = 200 << 20
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    models_dir = tmp_path_factory.mktemp("models")
+    save_tiny_models(models_dir)
+    return models_dir
+
+
+def _start(models_dir: Path, build_dir: Path, names: tuple[str, ...], *extra: str) -> Services:
+    ports = free_ports(2 * len(names))
+    running = Services(models_dir, build_dir,
+                       {name: (ports[2 * i], ports[2 * i + 1]) for i, name in enumerate(names)})
+    started = running.cli("start", *names, "--timeout", "300", *RUNTIME, *extra)
+    assert started.returncode == 0, started.stdout + started.stderr
+    return running
+
+
+def _stop(running: Services) -> None:
+    pgids = [record["pid"] for record in running.records()]
+    stopped = running.cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not running.leftovers(pgids), "processes or ports left after stop"
+    assert not (running.build_dir / "run" / "supervisor.pid").exists()
+
+
+@pytest.fixture(scope="module")
+def services(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Services:
+    running = _start(tiny_models, tmp_path_factory.mktemp("build"), MODELS)
+    try:
+        yield running
+    finally:
+        _stop(running)
+
+
+def _records(services: Services) -> dict[str, Record]:
+    return {r.name: r for r in running_records(Layout(services.models_dir, services.build_dir))}
+
+
+def _http(port: int, path: str, body: bytes, timeout: float = 60) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def _body(items: dict[str, str]) -> bytes:
+    return json.dumps({"key": list(items), "value": list(items.values())}).encode()
+
+
+def _rpc(port: int, items: dict[str, str], name: str) -> pipeline_service_pb2.Response:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)
+        return stub.inference(pipeline_service_pb2.Request(
+            key=list(items), value=list(items.values()), name=name), timeout=60)
+
+
+def _metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    """Scrape and parse the Prometheus text format (independently of serving.metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    typed = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("#") or not line:
+            continue
+        match = re.fullmatch(r'([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)', line)
+        assert match, f"not a sample line: {line!r}"
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
+        assert re.sub(r"_(bucket|sum|count)$", "", name) in typed, f"{name} has no # TYPE"
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+# --- health --------------------------------------------------------------------------------------
+
+
+def test_health_endpoints_answer_live_and_ready(services: Services) -> None:
+    for name, (http_port, _) in services.ports.items():
+        assert get_json(health_url("127.0.0.1", http_port, "live"), 5) == (200,
+                                                                          {"status": "alive"})
+        assert get_json(health_url("127.0.0.1", http_port), 5) == (200, {"status": "ready",
+                                                                         "reason": ""}), name
+        status, body = _http(http_port, "/nothing/here", b"{}")
+        assert status == 404 and "/health/ready" in body["error"]
+
+
+def test_ready_is_503_until_the_model_answers(tiny_models: Path, tmp_path: Path) -> None:
+    """Watch a starting service from its first second: live at once, ready only once loaded."""
+    running = Services(tiny_models, tmp_path / "build", {"peach": tuple(free_ports(2))})
+    http_port = running.ports["peach"][0]
+    process = running.popen_run("peach")
+    seen: list[tuple[int, str]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
+            try:
+                status, body = get_json(health_url("127.0.0.1", http_port), 5)
+                seen.append((status, body["reason"]))
+            except OSError:  # not listening yet
+                assert process.poll() is None, "the service exited during start-up"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0  # drained and exited cleanly
+    assert seen[-1] == (200, ""), seen[-5:]
+    assert seen[0] == (503, "starting: the model is loading"), seen[:5]
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_metrics_count_outcomes_and_time_every_stage(services: Services) -> None:
+    http_port, rpc_port = services.ports["peach"]
+    before = _metrics(http_port)
+    good = request_items([synthetic_jpeg(240, 320, 1)])
+    assert _http(http_port, "/peach/prediction", _body(good))[0] == 200
+    assert _http(http_port, "/peach/prediction", _body({"image": "%%%"}))[0] == 400
+    assert _rpc(rpc_port, good, "peach").err_no == 0
+    after = _metrics(http_port)
+
+    def moved(**labels: str) -> float:
+        return (_value(after, "serving_requests_total", service="peach", **labels)
+                - _value(before, "serving_requests_total", service="peach", **labels))
+
+    assert moved(protocol="http", outcome="ok", code="0") == 1
+    assert moved(protocol="http", outcome="client_error", code="5003") == 1
+    assert moved(protocol="grpc", outcome="ok", code="0") == 1
+    for stage in ("decode", "preprocess", "predict", "postprocess"):
+        labels = {"service": "peach", "stage": stage}
+        count = _value(after, "serving_stage_duration_seconds_count", **labels)
+        assert count - _value(before, "serving_stage_duration_seconds_count", **labels) == 2
+        buckets = sorted((float(dict(k[1])["le"]), v) for k, v in after.items()
+                         if k[0] == "serving_stage_duration_seconds_bucket"
+                         and dict(k[1]).items() >= labels.items())
+        assert [b for b, _ in buckets][-1] == float("inf") and buckets[-1][1] == count
+        assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
+        assert _value(after, "serving_stage_duration_seconds_sum", **labels) > 0
+    assert _value(after, "serving_ready") == 1
+    assert _value(after, "process_resident_memory_bytes") > 50e6
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A real 1-bit PNG of width x height zeros: ~50 KB that decodes to 1.2 GB of BGR pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _bad_inputs() -> dict[str, tuple[dict[str, str], int, int, str]]:
+    """name -> (request items, err_no, HTTP status, words the message must contain)."""
+    jpeg = _b64(synthetic_jpeg(64, 64, 3))
+    noise = np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    big_file = _b64(cv2.imencode(".png", noise)[1].tobytes())  # ~1.5 MB > max_image_bytes
+    wide = _b64(cv2.imencode(".jpg", np.zeros((2000, 2500, 3), np.uint8))[1].tobytes())
+    return {
+        "not an image": ({"image": _b64(b"plain text, not an image")}, 5005, 422,
+                         "image: not a decodable image"),
+        "invalid base64": ({"image": "%%% not base64 %%%"}, 5003, 400, "image: invalid base64"),
+        "truncated base64": ({"image": jpeg[:-3]}, 5003, 400, "image: invalid base64"),
+        "empty value": ({"image": ""}, 5004, 400, "image: empty value"),
+        "0-byte image": ({"image": "===="}, 5003, 400, "image: invalid base64"),
+        "decompression bomb": ({"image": _b64(_png_bomb(20000, 20000))}, 5008, 413,
+                               "image: Image size (400000000 pixels) exceeds limit"),
+        "too many pixels": ({"image": wide}, 5008, 413,
+                            "image: 2500x2000 = 5000000 pixels; the limit is 4000000"),
+        "image over the size limit": ({"image": big_file}, 5007, 413,
+                                      "the limit is 1000000 bytes per image"),
+        "too many images": ({f"image_{i}": jpeg for i in range(5)}, 5006, 413,
+                            "5 images in one request; the limit is 4"),
+        "missing image key": ({}, 5001, 400, "no image in the request"),
+        "unknown key": ({"image": jpeg, "picture": jpeg}, 5002, 400,
+                        "unknown key(s) ['picture']"),
+    }
+
+
+def _correct_answer(services: Services, name: str) -> None:
+    records = _records(services)
+    case = build_cases(Layout(services.models_dir, services.build_dir), [records[name]], 1)[0]
+    http_port, rpc_port = services.ports[name]
+    status, answer = _http(http_port, f"/{name}/prediction", _body(case.items))
+    assert status == 200 and answer["err_no"] == 0
+    assert mismatch(case.expected, decode_results(answer["key"], answer["value"])) is None
+    reply = _rpc(rpc_port, case.items, name)
+    assert reply.err_no == 0
+    assert mismatch(case.expected, decode_results(list(reply.key), list(reply.value))) is None
+
+
+def test_every_bad_input_gets_its_code_over_http_and_rpc(services: Services) -> None:
+    records = _records(services)
+    rss_before = {name: rss_bytes(records[name].pid) for name in MODELS}
+    cases = _bad_inputs()
+    for name in MODELS:
+        http_port, rpc_port = services.ports[name]
+        for label, (items, err_no, status, words) in cases.items():
+            for _ in range(3):  # repeated: memory must not grow with them
+                code, answer = _http(http_port, f"/{name}/prediction", _body(items))
+                assert (code, answer["err_no"]) == (status, err_no), (label, answer)
+                assert words in answer["err_msg"], (label, answer["err_msg"])
+                assert set(answer) == {"err_no", "err_msg", "key", "value", "tensors", "logid"}
+                reply = _rpc(rpc_port, items, name)
+                assert reply.err_no == err_no and words in reply.err_msg, (label, reply)
+        _correct_answer(services, name)
+    for name in MODELS:
+        growth = rss_bytes(records[name].pid) - rss_before[name]
+        assert growth < RSS_GROWTH_LIMIT, f"{name}: RSS grew {growth / 2**20:.0f} MB"
+
+
+def test_malformed_requests_wrong_service_and_oversized_body(services: Services) -> None:
+    http_port, rpc_port = services.ports["peach"]
+    jpeg = request_items([synthetic_jpeg(64, 64, 4)])
+    malformed = {b"not json": "the body is not JSON",
+                 b'["a list"]': "expected a JSON object",
+                 b'{"key": ["image"]}': '"key" and "value" must both be lists',
+                 b'{"key": ["image", "x"], "value": ["a"]}': '"key" has 2 items but "value"'}
+    for body, words in malformed.items():
+        status, answer = _http(http_port, "/peach/prediction", body)
+        assert (status, answer["err_no"]) == (400, 5000) and words in answer["err_msg"]
+
+    status, answer = _http(http_port, "/traffic_light/prediction", _body(jpeg))
+    assert (status, answer["err_no"]) == (404, 3002)
+    assert "no service 'traffic_light' here; this port serves 'peach'" in answer["err_msg"]
+    assert _rpc(rpc_port, jpeg, "traffic_light").err_no == 3002
+
+    oversized = {"image": "A" * 2_100_000}
+    status, answer = _http(http_port, "/peach/prediction", _body(oversized))
+    assert (status, answer["err_no"]) == (413, 5009)
+    assert "the limit is 2000000 bytes" in answer["err_msg"]
+    with pytest.raises(grpc.RpcError) as refused:
+        _rpc(rpc_port, oversized, "peach")
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in refused.value.details()
+    _correct_answer(services, "peach")
+
+
+# --- load, binding -------------------------------------------------------------------------------
+
+
+def test_short_mixed_load_loses_nothing_and_answers_right(services: Services) -> None:
+    records = _records(services)
+    cases = build_cases(Layout(services.models_dir, services.build_dir), list(records.values()))
+    tally = run_load({r.service: r for r in records.values()}, cases, requests=1200,
+                     concurrency=32)
+    assert (tally.lost, tally.wrong, tally.refused) == (0, 0, 0), tally.examples
+    assert tally.ok == 1200
+    assert set(tally.by_route) == {f"{n}/{p}" for n in MODELS for p in ("http", "grpc")}
+
+
+def _listening_addresses(pids: set[int]) -> list[str]:
+    """Local addresses of the LISTEN sockets these processes hold (/proc/net/tcp{,6})."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd) if fd.is_symlink() else ""
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addresses.append(_decode_address(fields[1]))
+    return addresses
+
+
+def _decode_address(hex_address: str) -> str:
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return f"{'.'.join(str(b) for b in raw[::-1])}:{int(port, 16)}"
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))  # per-word little endian
+    if words[:12] == b"\0" * 10 + b"\xff\xff":  # IPv4-mapped
+        return f"::ffff:{'.'.join(str(b) for b in words[12:])}:{int(port, 16)}"
+    return f"[{words.hex()}]:{int(port, 16)}"
+
+
+def test_every_listening_socket_is_loopback(services: Services) -> None:
+    pids = set()
+    for record in _records(services).values():
+        pids |= {int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                 if _pgid(p) == record.pid}
+    addresses = _listening_addresses(pids)
+    expected_ports = {port for pair in services.ports.values() for port in pair}
+    assert {int(a.rsplit(":", 1)[1]) for a in addresses} == expected_ports, addresses
+    assert all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:")) for a in addresses), addresses
+
+
+def _pgid(stat: Path) -> int:
+    try:
+        return int(stat.read_text().rpartition(")")[2].split()[2])
+    except OSError:
+        return -1
+
+
+# --- recovery, graceful stop ---------------------------------------------------------------------
+
+
+def _wait_ready_again(services: Services, name: str, old_pid: int, deadline: float) -> Record:
+    while time.monotonic() < deadline:
+        record = _records(services).get(name)
+        if record is not None and record.pid != old_pid:
+            try:
+                if get_json(health_url("127.0.0.1", record.http_port), 2)[0] == 200:
+                    return record
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise AssertionError(f"{name} not restarted and ready in time; supervisor log:\n"
+                         + (services.build_dir / "logs" / "supervisor.log").read_text())
+
+
+def test_supervisor_restarts_a_killed_service(services: Services) -> None:
+    old = _records(services)["peach"]
+    killed = time.monotonic()
+    os.kill(old.pid, signal.SIGKILL)
+    record = _wait_ready_again(services, "peach", old.pid, killed + RESTART_LIMIT_S)
+    print(f"peach ready again {time.monotonic() - killed:.1f} s after SIGKILL")
+    _correct_answer(services, "peach")
+    assert record.http_port == old.http_port and record.runtime == old.runtime
+
+
+@pytest.fixture(scope="module")
+def process_op_service(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory
+                       ) -> Services:
+    """The classifier with process ops (the op runs in a child process of the service)."""
+    running = _start(tiny_models, tmp_path_factory.mktemp("build_process_ops"), ("peach",),
+                     "--runtime=is_thread_op=false")
+    try:
+        yield running
+    finally:
+        _stop(running)
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return children
+
+
+def test_dead_op_process_makes_the_service_unready_and_it_is_restarted(
+        process_op_service: Services) -> None:
+    services = process_op_service
+    old = _records(services)["peach"]
+    op_process = max(_children(old.pid), key=rss_bytes_of)  # the one holding the model
+    killed = time.monotonic()
+    os.kill(op_process, signal.SIGKILL)
+    _status, body = _wait_for(lambda: get_json(health_url("127.0.0.1", old.http_port), 2),
+                             lambda answer: answer[0] == 503, killed + 5)
+    assert "pipeline worker(s) died" in body["reason"]
+    _wait_ready_again(services, "peach", old.pid, killed + RESTART_LIMIT_S)
+    _correct_answer(services, "peach")
+
+
+def rss_bytes_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except OSError:
+        return 0
+
+
+def _wait_for(read: Callable[[], tuple], done: Callable[[tuple], bool], deadline: float
+              ) -> tuple:
+    last: tuple = ()
+    while time.monotonic() < deadline:
+        try:
+            last = read()
+        except OSError as error:
+            last = (0, {"reason": str(error)})
+        if done(last):
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"condition not reached; last {last}")
+
+
+def test_stop_under_load_answers_every_accepted_request(process_op_service: Services) -> None:
+    services = process_op_service
+    record = _records(services)["peach"]
+    cases = build_cases(Layout(services.models_dir, services.build_dir), [record])
+    accepted_before = _value(_metrics(record.http_port), "serving_requests_accepted_total")
+    outcome, stop = {}, threading.Event()
+    load = threading.Thread(target=lambda: outcome.update(tally=run_load(
+        {record.service: record}, cases, requests=10**6, concurrency=32, stop=stop)))
+    load.start()
+    _wait_for(lambda: (_value(_metrics(record.http_port), "serving_requests_total",
+                              service="peach", protocol="grpc", outcome="ok", code="0"),),
+              lambda answer: answer[0] >= 50, time.monotonic() + 120)
+    _stop(services)  # what `make stop` does, while 32 clients keep sending
+    stop.set()
+    load.join(120)
+    tally = outcome["tally"]
+    accepted, answered = map(int, re.search(
+        r"(\d+) requests accepted, (\d+) answered, 0 abandoned",
+        Path(record.log).read_text()).groups())
+    assert (tally.lost, tally.wrong) == (0, 0), [e for e in tally.examples
+                                                 if not e.startswith("refused")]
+    assert tally.refused > 0  # the load really ran into the stop
+    # every request the service admitted was answered, correctly, to a client that got it
+    assert accepted == answered and accepted - accepted_before == tally.ok
