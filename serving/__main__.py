@@ -15,6 +15,7 @@ from pathlib import Path
 
 from export import ChecksumError, verify_checksums
 from serving.config import parse_overrides, render_config, resolve_runtime, write_config
+from serving.errors import markdown_table
 from serving.handler import ModelHandler
 from serving.layout import ROOT, Layout, parse_port_flags, ports_for
 from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
@@ -200,6 +201,11 @@ def supervise(layout: Layout, args: argparse.Namespace) -> int:
     return run_supervisor(layout)
 
 
+def error_codes(layout: Layout, args: argparse.Namespace) -> int:
+    print(markdown_table())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__,
                                      epilog=EPILOG,
@@ -244,6 +250,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("supervise", parents=[common],
                        help="watch the started services; restart dead ones (start runs it)")
     p.set_defaults(command=supervise)
+
+    p = sub.add_parser("errors", parents=[common],
+                       help="print the error codes (err_no, HTTP status, meaning)")
+    p.set_defaults(command=error_codes)
     return parser
 
 

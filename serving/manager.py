@@ -213,8 +213,10 @@ def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S,
     how = "was not running"
     if group_alive(record.pid):
         how = "killed" if kill else "stopped"
-        if not kill:
+        if not kill and record.has_health:
             _signal_process(record.pid, signal.SIGTERM)
+        elif not kill:  # the upstream server has no drain: stop its gateway process too
+            _signal_group(record.pid, signal.SIGTERM)
         if kill or not _wait(lambda: not group_alive(record.pid), grace):
             if not kill:
                 how = f"killed (no exit {grace:.0f} s after SIGTERM)"
