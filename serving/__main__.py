@@ -133,9 +133,8 @@ def _print_endpoints(records: list[Record], latencies: dict[str, float]) -> None
 
 def stop(layout: Layout, args: argparse.Namespace) -> int:
     records = [r for r in running_records(layout) if not args.models or r.name in args.models]
+    watching = supervisor_pid(layout) is not None
     _stop_supervisor(layout)  # first: it would restart the services we stop
-    if args.models and running_records(layout) != records:
-        _start_supervisor(layout)  # keep watching the others
     if not records:
         print("nothing to stop")
     failures = 0
@@ -145,6 +144,8 @@ def stop(layout: Layout, args: argparse.Namespace) -> int:
         except ServingError as error:
             print(f"error: {error}", file=sys.stderr)
             failures += 1
+    if watching and running_records(layout):
+        _start_supervisor(layout)  # keep watching the services left running
     return 1 if failures else 0
 
 

@@ -26,14 +26,15 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(5001, 400, "MISSING_IMAGE", "no `image` / `image_<i>` key in the request"),
     ErrorCode(5002, 400, "UNKNOWN_KEY", "a key that is neither `image` nor `image_<i>`"),
     ErrorCode(5003, 400, "INVALID_BASE64", "a value is not valid base64 (or is truncated)"),
-    ErrorCode(5004, 400, "EMPTY_IMAGE", "a value decodes to zero bytes"),
+    ErrorCode(5004, 400, "EMPTY_IMAGE", "an empty value (a 0-byte image)"),
     ErrorCode(5005, 422, "NOT_AN_IMAGE", "the bytes are not a decodable JPEG/PNG/BMP/WebP image"),
     ErrorCode(5006, 413, "TOO_MANY_IMAGES", "more images in one request than max_images"),
     ErrorCode(5007, 413, "IMAGE_TOO_LARGE", "one encoded image is over max_image_bytes"),
     ErrorCode(5008, 413, "TOO_MANY_PIXELS", "width x height over max_image_pixels (checked "
               "from the header, before decoding: decompression bombs are never decoded)"),
     ErrorCode(5009, 413, "BODY_TOO_LARGE", "the HTTP body is over max_body_bytes"),
-    ErrorCode(6000, 504, "TIMEOUT", "the model did not answer in time"),
+    ErrorCode(6000, 504, "TIMEOUT", "the model did not answer in time (only with an op "
+              "`timeout` in config.yml; upstream code)"),
     ErrorCode(10000, 500, "INTERNAL", "an unexpected server-side failure (see the service log)"),
 )
 BY_NAME = {code.name: code for code in CODES}
