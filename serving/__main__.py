@@ -192,10 +192,17 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
                     "port %d (compiled in) and has no health endpoint", ports.http)
         run_upstream(handler, config)
         return 0
-    from serving.host import serve
+    from serving.host import serve, serve_workers
 
-    return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
-                 ports.http, ports.rpc, forks=not runtime.is_thread_op)
+    workers = runtime.worker_num if runtime.build_dag_each_worker else 1
+
+    def serve_one() -> int:
+        # With several workers the fronts open once the model is loaded, so the kernel never
+        # hands a connection to a worker that would answer 503 while the others are ready.
+        return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
+                     ports.http, ports.rpc, forks=not runtime.is_thread_op or workers > 1)
+
+    return serve_workers(workers, serve_one) if workers > 1 else serve_one()
 
 
 def supervise(layout: Layout, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
     "ir_optim": True,  # measured: predictor time 1.04 -> 0.60 ms on the tiny model
     "use_mkldnn": AUTO,
     "mem_optim": AUTO,
+    "build_dag_each_worker": False,
 }
 
 
@@ -37,6 +38,7 @@ class Runtime:
     ir_optim: bool
     use_mkldnn: bool
     mem_optim: bool
+    build_dag_each_worker: bool
 
 
 def is_pir_program(serving_server: Path) -> bool:
@@ -89,7 +91,7 @@ def render_config(spec: ModelSpec, serving_server: Path, runtime: Runtime, http_
         "http_port": http_port,
         "rpc_port": rpc_port,
         "worker_num": runtime.worker_num,
-        "build_dag_each_worker": False,
+        "build_dag_each_worker": runtime.build_dag_each_worker,
         "dag": {
             "is_thread_op": runtime.is_thread_op,
             "retry": 1,

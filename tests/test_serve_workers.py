@@ -1,0 +1,88 @@
+"""build_dag_each_worker with the project's front (serving.host.serve_workers): worker_num whole
+services in forked processes sharing both ports. Connections must reach every worker, a worker
+that dies must take the service down (the supervisor then restarts it), stop must leave nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from service_helpers import Services, free_ports, save_tiny_models
+
+from bench.procstats import group_pids
+from serving.manager import group_alive
+from serving.protocol import request_items
+
+pytestmark = pytest.mark.service
+WORKERS = 2
+CONNECTIONS = 24  # all on one worker by chance: 2 ** -23
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Services:
+    models_dir = tmp_path_factory.mktemp("models")
+    save_tiny_models(models_dir)
+    http_port, rpc_port = free_ports(2)
+    running = Services(models_dir, tmp_path_factory.mktemp("build"),
+                       {"peach": (http_port, rpc_port)})
+    try:
+        started = running.cli("start", "peach", "--runtime=build_dag_each_worker=true",
+                              f"--runtime=worker_num={WORKERS}", "--runtime=thread_num=1")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield running
+    finally:
+        pgids = [record["pid"] for record in running.records()]
+        running.cli("stop")
+        assert not running.leftovers(pgids)
+
+
+def _jpeg() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", pixels)[1].tobytes()
+
+
+def _workers(service: Services) -> list[int]:
+    (record,) = service.records()
+    return [pid for pid in group_pids(record["pid"]) if pid != record["pid"]]
+
+
+def _sockets(pid: int) -> int:
+    return sum(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def test_every_worker_accepts_connections_and_answers(service: Services) -> None:
+    workers = _workers(service)
+    assert len(workers) == WORKERS
+    before = {pid: _sockets(pid) for pid in workers}
+    http_port = service.ports["peach"][0]
+    items = request_items([_jpeg()])
+    body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
+    connections = [http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+                   for _ in range(CONNECTIONS)]
+    try:
+        for connection in connections:
+            connection.request("POST", "/peach/prediction", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200 and b'"err_no": 0' in response.read()
+        gained = {pid: _sockets(pid) - before[pid] for pid in workers}
+        assert all(count > 0 for count in gained.values()), gained
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_a_dead_worker_takes_the_service_down(service: Services) -> None:
+    (record,) = service.records()
+    os.kill(_workers(service)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while group_alive(record["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not group_alive(record["pid"]), "the other worker and the parent kept running"
