@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import inprocess, loadgen, procstats, report, services
+from bench import inprocess, loadgen, procstats, report, services, stages
 from bench.payloads import Payloads, encode_payloads, validation_images
 from serving.layout import ROOT, Layout
 from serving.manager import ensure_serving_folder
@@ -148,6 +148,8 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
     run["machine_busy_fraction"] = round((procstats.machine_busy_s() - busy_before)
                                          / (elapsed * (os.cpu_count() or 1)), 3)
+    page = stages.scrape(service.http_port)
+    run["service_means_ms"] = stages.mean_ms(page) if page else {}
     return run, memory.peak or after
 
 

@@ -36,6 +36,23 @@ def add_latency_overheads(model: dict[str, Any]) -> None:
             if run["concurrency"] == 1 and run["p50_ms"] is not None and threads in single}
 
 
+def time_split(variant: dict[str, Any]) -> list[str]:
+    """Per transport at the lowest concurrency: client p50 against the service's own mean time
+    per request and per stage (from its /metrics; empty for fronts without metrics)."""
+    lines = []
+    for run in variant["runs"]:
+        means = run.get("service_means_ms") or {}
+        if run["concurrency"] != min(r["concurrency"] for r in variant["runs"]) or not means:
+            continue
+        inside = means.get("service:" + ("grpc" if run["transport"] == "rpc" else "http"))
+        stage_text = ", ".join(f"{key.split(':', 1)[1]} {ms:.1f}" for key, ms in means.items()
+                               if key.startswith("stage:"))
+        lines.append(f"{run['transport']} c={run['concurrency']}: client p50 "
+                     f"{_number(run['p50_ms'], 1)} ms; inside the service (mean) "
+                     f"{_number(inside, 1)} ms; stages (mean ms) {stage_text}")
+    return lines
+
+
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -62,6 +79,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
                     f"{run['server_cpu_ms_per_request']:>9.2f}"
                     f"{run['loadgen_cpu_ms_per_request']:>9.2f}{run['errors']:>5}")
+        for variant_name, variant in model["variants"].items():
+            lines += [f"time split {variant_name} {line}" for line in time_split(variant)]
         for variant_name, failure in model.get("failed_variants", {}).items():
             lines.append(f"variant {variant_name} FAILED: {failure['error'][:300]}")
         for variant_name, variant in model["variants"].items():

@@ -14,6 +14,7 @@ from service_helpers import QUIET_ENV, ROOT
 
 from bench.inprocess import Strategy
 from bench.loadgen import parse_http_response
+from bench.stages import mean_ms
 
 MODELS = ("peach", "traffic_light")
 
@@ -27,6 +28,16 @@ def test_http_response_parser_handles_lengths_chunks_and_partial_reads() -> None
                b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
     assert parse_http_response(chunked) == (503, b"abcde")
     assert parse_http_response(chunked[:-4]) is None
+
+
+def test_stage_means_from_metrics_page() -> None:
+    page = "\n".join([
+        'serving_stage_duration_seconds_sum{service="peach",stage="predict"} 1.5',
+        'serving_stage_duration_seconds_count{service="peach",stage="predict"} 100',
+        'serving_stage_duration_seconds_bucket{service="peach",stage="predict",le="+Inf"} 100',
+        'serving_request_duration_seconds_sum{service="peach",protocol="http"} 2',
+        'serving_request_duration_seconds_count{service="peach",protocol="http"} 100'])
+    assert mean_ms(page) == {"service:http": 20.0, "stage:predict": 15.0}
 
 
 def test_inprocess_strategy_names() -> None:
