@@ -261,6 +261,9 @@ class _HttpServer(ThreadingHTTPServer):
 
 class _HttpHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    # Headers and body leave in two writes: without TCP_NODELAY, Nagle holds the body until
+    # the client's delayed ACK (measured: 52 ms median instead of 8 per request).
+    disable_nagle_algorithm = True
     server: _HttpServer
     server_version = "paddle-vision-serving"
 
