@@ -264,6 +264,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
     # Headers and body leave in two writes: without TCP_NODELAY, Nagle holds the body until
     # the client's delayed ACK (measured: 52 ms median instead of 8 per request).
     disable_nagle_algorithm = True
+    timeout = 300  # seconds: an idle keep-alive connection (and its thread) is closed after it
     server: _HttpServer
     server_version = "paddle-vision-serving"
 
