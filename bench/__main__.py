@@ -148,7 +148,7 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
     run["machine_busy_fraction"] = round((procstats.machine_busy_s() - busy_before)
                                          / (elapsed * (os.cpu_count() or 1)), 3)
-    page = stages.scrape(service.http_port)
+    page = stages.busiest_page(service.http_port, "grpc" if transport == "rpc" else "http")
     run["service_means_ms"] = stages.mean_ms(page) if page else {}
     return run, memory.peak or after
 

@@ -1,7 +1,8 @@
 """Where a served request's time goes, from the service's own Prometheus metrics (project front):
 mean seconds per pipeline stage (decode, preprocess, predict, postprocess) and mean time inside
-the service per protocol. Cumulative since the worker answering the scrape started; with several
-workers the scrape reaches one of them, which is representative for means."""
+the service per protocol. Cumulative since the worker answering the scrape started. With several
+worker processes each scrape reaches one of them: `busiest_page` scrapes a few times and keeps
+the worker that answered the most requests of the protocol (means are per worker)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,19 @@ def scrape(port: int, host: str = "127.0.0.1") -> str | None:
     return body if response.status == 200 else None
 
 
+def busiest_page(port: int, protocol: str, scrapes: int = 6) -> str | None:
+    pages = [page for page in (scrape(port) for _ in range(scrapes)) if page]
+    return max(pages, key=lambda page: _totals(page).get(f"service:{protocol}", {})
+               .get("count", 0.0), default=None)
+
+
 def mean_ms(page: str) -> dict[str, float]:
     """{"stage:<name>" | "service:<protocol>": mean milliseconds} from a /metrics page."""
+    return {key: round(1000 * parts["sum"] / parts["count"], 2)
+            for key, parts in sorted(_totals(page).items()) if parts.get("count")}
+
+
+def _totals(page: str) -> dict[str, dict[str, float]]:
     totals: dict[str, dict[str, float]] = {}
     for line in page.splitlines():
         match = _SERIES.match(line)
@@ -39,5 +51,4 @@ def mean_ms(page: str) -> dict[str, float]:
         key = (f"stage:{names.get('stage')}" if metric.startswith("serving_stage")
                else f"service:{names.get('protocol')}")
         totals.setdefault(key, {})[part] = float(value)
-    return {key: round(1000 * parts["sum"] / parts["count"], 2)
-            for key, parts in sorted(totals.items()) if parts.get("count")}
+    return totals
