@@ -210,3 +210,32 @@ def test_ports_come_from_flags_then_env_then_description(monkeypatch) -> None:
     assert ports_for(spec, parse_port_flags(["peach=1:2"])).rpc == 2
     with pytest.raises(ValueError, match="NAME=HTTP:RPC"):
         parse_port_flags(["peach=18080"])
+
+
+def test_error_codes_are_unique_and_map_to_http_statuses() -> None:
+    from serving.errors import CODES, http_status, outcome
+
+    assert len({c.err_no for c in CODES}) == len({c.name for c in CODES}) == len(CODES)
+    assert http_status(0) == 200 and outcome(0) == "ok"
+    assert (http_status(5005), outcome(5005)) == (422, "client_error")
+    assert (http_status(3001), outcome(3001)) == (503, "rejected")
+    assert (http_status(8000), outcome(8000)) == (500, "server_error")  # unlisted upstream code
+
+
+def test_pixel_limit_is_read_from_the_header_without_decoding() -> None:
+    import time
+    import zlib
+
+    from serving.limits import Limits, check_image_header
+
+    header_only = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
+    bomb = bytearray(header_only)
+    bomb[16:24] = (30000).to_bytes(4, "big") + (30000).to_bytes(4, "big")  # IHDR width, height
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")  # the chunk's CRC
+    started = time.perf_counter()
+    with pytest.raises(ServiceError, match="exceeds limit") as refused:
+        check_image_header("image", bytes(bomb), Limits())
+    assert refused.value.err_no == 5008 and time.perf_counter() - started < 0.5
+    assert check_image_header("image", jpeg(30, 40), Limits()) == (40, 30)
+    with pytest.raises(ServiceError, match="40x30 = 1200 pixels; the limit is 1000"):
+        check_image_header("image", jpeg(30, 40), Limits(max_image_pixels=1000))
