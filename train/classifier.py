@@ -18,6 +18,7 @@ import compat  # noqa: F401  # first import of this entry point: grpc before pad
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.classifier",
                                *(sys.argv[1:] if argv is None else argv)]),
-        "config": str(args.config),
+        "config": os.path.relpath(args.config, ROOT),
         "seed": seed, "iterations": iterations, "batch_size": batch_size,
         "best_iteration": result.best_iteration, "val_top1": round(result.best_top1, 4),
         "val_images": len(read_class_list(args.data_dir, "val_list.txt")),
