@@ -50,6 +50,7 @@ STAGES = ("decode", "preprocess", "predict", "postprocess")
 PROBE_EVERY_S = 10.0  # re-check that the model answers when no request succeeded for this long
 PROBE_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 600.0
+DISCARD_LIMIT = 64 << 20  # refused bodies larger than this are not read: the connection closes
 
 
 def _response(name: str, message: str) -> pipeline_service_pb2.Response:
@@ -313,7 +314,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
                                   "(chunked bodies are not supported)"))
             return
         if int(length) > host.options.limits.max_body_bytes:
-            self.close_connection = True  # do not read it
+            self.close_connection = True
+            self._discard(int(length))
             self._reply(_response("BODY_TOO_LARGE", f"body of {length} bytes; the limit is "
                                   f"{host.options.limits.max_body_bytes} bytes"))
             return
@@ -326,6 +328,13 @@ class _HttpHandler(BaseHTTPRequestHandler):
         if host.draining:
             self.close_connection = True
         self._reply(host.predict(request, "http"), request.logid)
+
+    def _discard(self, length: int) -> None:
+        """Read (without keeping) a refused body up to DISCARD_LIMIT, so a client that sends it
+        all before reading gets the 413 instead of a connection reset."""
+        left = min(length, DISCARD_LIMIT)
+        while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+            left -= len(chunk)
 
     def _not_found(self) -> None:
         self._send_json(404, {"error": f"no route {self.command} {self.path}; routes: POST "

@@ -154,8 +154,11 @@ class Transport:
         try:
             reply = stub.inference(request, timeout=self._timeout)
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.UNAVAILABLE:  # closed port: not accepted
-                raise Refused(f"grpc UNAVAILABLE: {error.details()}") from None
+            # UNAVAILABLE: the port is closed. CANCELLED: the server stopped before handling
+            # the call. Neither was processed; a caller that must be sure compares its count of
+            # answers with the service's count of accepted requests (as the stop test does).
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise Refused(f"grpc {error.code().name}: {error.details()}") from None
             raise
         if reply.err_no == 3001:
             raise Refused(f"grpc: {reply.err_msg}")
