@@ -36,7 +36,10 @@ pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")
 LIMITS = {"max_body_bytes": 2_000_000, "max_image_bytes": 1_000_000,
           "max_image_pixels": 4_000_000, "max_images": 4}
-RUNTIME = [f"--runtime={key}={value}" for key, value in LIMITS.items()]
+# One worker process per service whatever the tuned defaults are: with several workers sharing
+# a port, a scrape or a health check reaches one of them at random.
+RUNTIME = [f"--runtime={key}={value}" for key, value in
+           {**LIMITS, "build_dag_each_worker": "false"}.items()]
 RESTART_LIMIT_S = 10.0
 RSS_GROWTH_LIMIT = 200 << 20
 
@@ -143,7 +146,7 @@ def test_ready_is_503_until_the_model_answers(tiny_models: Path, tmp_path: Path)
     """Watch a starting service from its first second: live at once, ready only once loaded."""
     running = Services(tiny_models, tmp_path / "build", {"peach": tuple(free_ports(2))})
     http_port = running.ports["peach"][0]
-    process = running.popen_run("peach")
+    process = running.popen_run("peach", *RUNTIME, "--runtime=is_thread_op=true")
     seen: list[tuple[int, str]] = []
     try:
         deadline = time.monotonic() + 120
