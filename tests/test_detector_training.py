@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from ppdet.core.workspace import create, load_config
-from ppdet.data.reader import TrainReader
+from ppdet.data.reader import Compose, TrainReader
 
 from train import detector
 from train import traffic_light_data as data
@@ -51,3 +51,23 @@ def test_objectness_bias_starts_at_the_prior() -> None:
         bias = conv.bias.numpy().reshape(-1, head.num_classes + 5)
         np.testing.assert_allclose(1 / (1 + np.exp(-bias[:, 4])), 0.01, rtol=1e-4)
         assert (bias[:, 5:] == 0).all() and (bias[:, :4] == 0).all()
+
+
+def test_training_transforms_keep_lamp_colours(dataset_root: Path) -> None:
+    """Colour is the class (red/yellow/green): training must see the colours as drawn (ppdet's
+    RandomDistort hue step spins them at random; RandomFlip would swap Left and Right)."""
+    cfg = load_config(str(detector.DEFAULT_CONFIG))
+    names = [next(iter(step)) for step in cfg["TrainReader"]["sample_transforms"]]
+    assert "RandomDistort" not in names and "RandomFlip" not in names
+    dataset = detector.CurriculumVOCDataSet(
+        dataset_dir=str(dataset_root), anno_path="train.txt", label_list="label_list.txt",
+        data_fields=["image", "gt_bbox", "gt_class"])
+    dataset.parse_dataset()
+    dataset.set_kwargs()  # what ppdet's reader does before reading
+    dataset.set_transform(Compose(cfg["TrainReader"]["sample_transforms"], num_classes=8))
+    for index in range(len(dataset.roidbs)):
+        seen = dataset[index]["image"].transpose(1, 2, 0)
+        seen = (seen * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406]) * 255
+        drawn = cv2.cvtColor(cv2.imread(dataset.roidbs[index]["im_file"]), cv2.COLOR_BGR2RGB)
+        drawn = cv2.resize(drawn, (320, 320), interpolation=cv2.INTER_CUBIC)
+        assert np.abs(seen - drawn).mean() < 1.0
