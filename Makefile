@@ -7,7 +7,7 @@ MODELS        := peach traffic_light
 SERVING_DIRS  := $(foreach m,$(MODELS),build/serving/$(m)/serving_server/serving_server_conf.prototxt)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train models serve stop status test lint bench clean
+.PHONY: help install train models serve stop status soak test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,12 @@ stop:  ## stop everything `make serve` started
 
 status:  ## show what is running, with endpoints
 	$(PY) -m serving status
+
+soak: install  ## 20,000 requests at concurrency 32 against the running services (make serve first)
+	$(PY) -m serving.soak --requests 20000 --concurrency 32
+
+bench: models  ## in-process limit vs served HTTP/RPC vs upstream reference: table, JSON, PNG in build/bench/
+	$(PY) -m bench
 
 test: install  ## lint + the whole test suite (what CI runs)
 	$(PY) -m ruff check .
