@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -422,10 +423,11 @@ def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
     Manager round trip per channel operation (~6 ms CPU per request measured, docs/benchmarks.md).
     The parent only forwards SIGTERM/SIGINT and waits. When a worker exits on its own, it stops
     the others and fails, so the supervisor restarts the whole service."""
-    children = []
+    children, parent = [], os.getpid()
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
+            _die_with(parent)
             os._exit(serve_one())
         children.append(pid)
     stopping = threading.Event()
@@ -449,6 +451,15 @@ def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
             code = code or 1
         status = status or code
     return status
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when the parent dies, even by SIGKILL: an orphaned worker would keep
+    answering on the shared ports next to a restarted service (Linux prctl PR_SET_PDEATHSIG)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _open_fronts(host: ServiceHost, http_port: int, rpc_port: int

@@ -1,6 +1,7 @@
 """build_dag_each_worker with the project's front (serving.host.serve_workers): worker_num whole
 services in forked processes sharing both ports. Connections must reach every worker, a worker
-that dies must take the service down (the supervisor then restarts it), stop must leave nothing."""
+that dies must take the service down (so the supervisor restarts it), workers must not outlive
+a killed parent, stop must leave nothing."""
 
 from __future__ import annotations
 
@@ -26,14 +27,20 @@ CONNECTIONS = 24  # all on one worker by chance: 2 ** -23
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Services:
-    models_dir = tmp_path_factory.mktemp("models")
-    save_tiny_models(models_dir)
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    save_tiny_models(folder)
+    return folder
+
+
+@pytest.fixture
+def service(models_dir: Path, tmp_path: Path) -> Services:
+    """A fresh service per test, without the supervisor (it would restart what a test kills)."""
     http_port, rpc_port = free_ports(2)
-    running = Services(models_dir, tmp_path_factory.mktemp("build"),
-                       {"peach": (http_port, rpc_port)})
+    running = Services(models_dir, tmp_path / "build", {"peach": (http_port, rpc_port)})
     try:
-        started = running.cli("start", "peach", "--runtime=build_dag_each_worker=true",
+        started = running.cli("start", "peach", "--no-supervisor",
+                              "--runtime=build_dag_each_worker=true",
                               f"--runtime=worker_num={WORKERS}", "--runtime=thread_num=1")
         assert started.returncode == 0, started.stdout + started.stderr
         yield running
@@ -86,3 +93,21 @@ def test_a_dead_worker_takes_the_service_down(service: Services) -> None:
     while group_alive(record["pid"]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not group_alive(record["pid"]), "the other worker and the parent kept running"
+
+
+def test_workers_do_not_outlive_a_killed_parent(service: Services) -> None:
+    workers = _workers(service)
+    assert len(workers) == WORKERS
+    os.kill(service.records()[0]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in workers) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(not Path(f"/proc/{pid}").exists() or _state(pid) == "Z" for pid in workers)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
