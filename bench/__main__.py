@@ -30,7 +30,8 @@ log = logging.getLogger("bench")
 # Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
 # thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
 # most favourable choice for the reference.
-REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1", "is_thread_op": "false",
+REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
+                     "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "ir_optim": "false",
                      "use_mkldnn": "false"}
 DEFAULT_VARIANTS = ("project", "reference")

@@ -6,6 +6,7 @@ Runtime values come from, in increasing priority: RUNTIME_DEFAULTS, the descript
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,15 +18,23 @@ from serving.model_spec import ModelSpec
 from serving.options import SERVICE_DEFAULTS
 
 AUTO = "auto"
+# Tuned by measurement on the 2-core target machine (docs/benchmarks.md, `python -m bench`).
+# predictor.run holds the GIL, so one process predicts on one core at a time: the service runs
+# one whole pipeline (fronts + thread-op DAG + predictor) per core, each with one math thread.
 RUNTIME_DEFAULTS: dict[str, Any] = {
-    "worker_num": 4,  # gRPC handler threads; they only wait on the DAG
-    "is_thread_op": True,  # process ops would copy every request through a multiprocessing queue
+    # With build_dag_each_worker: worker processes (AUTO = the usable cores; each holds its own
+    # copy of the model). Without: upstream's gRPC threads (the project front ignores it).
+    "worker_num": AUTO,
+    "build_dag_each_worker": True,
+    # Process ops pass every request through multiprocessing-Manager channels: +~6 ms CPU each.
+    "is_thread_op": True,
     "concurrency": 1,
-    "thread_num": 2,  # math threads per predictor (the machine has 2 cores)
+    # 2 math threads per predictor cost about twice the CPU per request (OpenMP threads spin
+    # while the process does Python work) and leave no core to the other worker.
+    "thread_num": 1,
     "ir_optim": True,  # measured: predictor time 1.04 -> 0.60 ms on the tiny model
     "use_mkldnn": AUTO,
     "mem_optim": AUTO,
-    "build_dag_each_worker": False,
 }
 
 
@@ -54,6 +63,8 @@ def resolve_runtime(spec: ModelSpec, serving_server: Path,
         raise ValueError(f"unknown runtime settings {unknown}; known: "
                          f"{sorted(RUNTIME_DEFAULTS) + sorted(SERVICE_DEFAULTS)}")
     values = {key: value for key, value in values.items() if key not in SERVICE_DEFAULTS}
+    if values["worker_num"] == AUTO:
+        values["worker_num"] = len(os.sched_getaffinity(0))
     pir = is_pir_program(serving_server)
     if values["use_mkldnn"] == AUTO:
         # A PIR YOLOv3 with oneDNN segfaults at predictor creation on paddle 3.3.1 (notes,
