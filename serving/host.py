@@ -18,14 +18,17 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socketserver
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -51,6 +54,8 @@ STAGES = ("decode", "preprocess", "predict", "postprocess")
 PROBE_EVERY_S = 10.0  # re-check that the model answers when no request succeeded for this long
 PROBE_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 600.0
+PUBLISH_EVERY_S = 1.0  # worker processes share their metrics this often (serve_workers)
+_WORKER_METRICS_DIR: Path | None = None  # set in worker processes by serve_workers
 DISCARD_LIMIT = 64 << 20  # refused bodies larger than this are not read: the connection closes
 
 
@@ -78,9 +83,38 @@ class ServiceMetrics:
         add(Gauge("serving_inflight_requests", "Prediction requests being processed.",
                   lambda: host.inflight))
         add(Gauge("serving_ready", "1 when the model is loaded and answers, else 0.",
-                  lambda: float(host.ready_reason() is None)))
+                  lambda: float(host.ready_reason() is None), combine=min))
         add(Gauge("process_resident_memory_bytes", "Resident memory of the service process.",
                   resident_memory_bytes))
+
+
+class WorkerMetrics:
+    """Metrics of a service run as several worker processes sharing its port (serve_workers):
+    each worker publishes its raw values to a file every PUBLISH_EVERY_S, and whichever worker
+    a scrape reaches merges the others' files into its answer."""
+
+    def __init__(self, folder: Path, metrics: ServiceMetrics):
+        self._folder, self._metrics = folder, metrics
+        self._own = folder / f"{os.getpid()}.json"
+        threading.Thread(target=self._publish_forever, name="metrics", daemon=True).start()
+
+    def publish(self) -> None:
+        partial = self._own.with_suffix(".tmp")
+        partial.write_text(json.dumps(self._metrics.registry.state()))
+        partial.replace(self._own)
+
+    def _publish_forever(self) -> None:
+        while True:
+            self.publish()
+            time.sleep(PUBLISH_EVERY_S)
+
+    def others(self) -> list[dict[str, list]]:
+        states = []
+        for file in self._folder.glob("*.json"):
+            if file != self._own:
+                with contextlib.suppress(OSError, ValueError):
+                    states.append(json.loads(file.read_text()))
+        return states
 
 
 class ServiceHost:
@@ -101,6 +135,12 @@ class ServiceHost:
         self._workers: list[Any] = []  # DAG threads and op processes, checked by readiness
         self._probe_lock = threading.Lock()
         self.metrics = ServiceMetrics(self)
+        self.workers_metrics = (WorkerMetrics(_WORKER_METRICS_DIR, self.metrics)
+                                if _WORKER_METRICS_DIR is not None else None)
+
+    def render_metrics(self) -> str:
+        others = self.workers_metrics.others() if self.workers_metrics else []
+        return self.metrics.registry.render(others)
 
     # --- readiness -------------------------------------------------------------------------
 
@@ -297,7 +337,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
                             {"status": "ready" if reason is None else "not ready",
                              "reason": reason or ""})
         elif self.path == "/metrics":
-            self._send(200, host.metrics.registry.render().encode(), CONTENT_TYPE)
+            self._send(200, host.render_metrics().encode(), CONTENT_TYPE)
         else:
             self._not_found()
 
@@ -423,6 +463,8 @@ def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
     Manager round trip per channel operation (~6 ms CPU per request measured, docs/benchmarks.md).
     The parent only forwards SIGTERM/SIGINT and waits. When a worker exits on its own, it stops
     the others and fails, so the supervisor restarts the whole service."""
+    global _WORKER_METRICS_DIR
+    _WORKER_METRICS_DIR = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
     children, parent = [], os.getpid()
     for _ in range(workers):
         pid = os.fork()
@@ -450,6 +492,7 @@ def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
             forward(signal.SIGTERM, None)
             code = code or 1
         status = status or code
+    shutil.rmtree(_WORKER_METRICS_DIR, ignore_errors=True)
     return status
 
 
@@ -495,6 +538,8 @@ def _shutdown(host: ServiceHost, grpc_server: grpc.Server, http_server: socketse
     http_server.server_close()
     drained = host.drain(timeout)
     stopped.wait(timeout)
+    if host.workers_metrics is not None:
+        host.workers_metrics.publish()
     log.info("%s: stopped: %d requests accepted, %d answered, %d abandoned", host.service,
              host.accepted, host.answered, host.accepted - host.answered)
     for child in multiprocessing.active_children():  # process ops

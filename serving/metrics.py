@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from sub-millisecond decode steps to multi-second detector batches.
@@ -43,8 +45,16 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
-    def samples(self) -> list[str]:
+    def state(self) -> dict[Labels, Any]:
+        """Raw values by label tuple: counts, histogram series, gauge readings."""
         raise NotImplementedError
+
+    def samples(self, state: dict[Labels, Any]) -> list[str]:
+        raise NotImplementedError
+
+    def combine(self, a: Any, b: Any) -> Any:
+        """Merge two processes' values of one series (counts and buckets add up)."""
+        return a + b if not isinstance(a, list) else [x + y for x, y in zip(a, b, strict=True)]
 
 
 class Counter(_Metric):
@@ -62,10 +72,13 @@ class Counter(_Metric):
         with self._lock:
             return self._values.get(labels, 0.0)
 
-    def samples(self) -> list[str]:
+    def state(self) -> dict[Labels, Any]:
         with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_label_text(self.label_names, k)} {_number(v)}" for k, v in items]
+            return dict(self._values)
+
+    def samples(self, state: dict[Labels, Any]) -> list[str]:
+        return [f"{self.name}{_label_text(self.label_names, k)} {_number(v)}"
+                for k, v in sorted(state.items())]
 
 
 class Histogram(_Metric):
@@ -86,11 +99,13 @@ class Histogram(_Metric):
             series[-2] += value
             series[-1] += 1
 
-    def samples(self) -> list[str]:
+    def state(self) -> dict[Labels, Any]:
         with self._lock:
-            items = sorted((k, list(v)) for k, v in self._series.items())
+            return {k: list(v) for k, v in self._series.items()}
+
+    def samples(self, state: dict[Labels, Any]) -> list[str]:
         lines = []
-        for labels, series in items:
+        for labels, series in sorted(state.items()):
             cumulative = 0.0
             for bound, count in zip(self.buckets, series, strict=False):
                 cumulative += count
@@ -110,12 +125,17 @@ class Gauge(_Metric):
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
+    def __init__(self, name: str, help_text: str, read: Callable[[], float],
+                 combine: Callable[[float, float], float] = operator.add):
         super().__init__(name, help_text)
         self._read = read
+        self.combine = combine  # across worker processes: sum, or min for "all ready"
 
-    def samples(self) -> list[str]:
-        return [f"{self.name} {_number(self._read())}"]
+    def state(self) -> dict[Labels, Any]:
+        return {(): float(self._read())}
+
+    def samples(self, state: dict[Labels, Any]) -> list[str]:
+        return [f"{self.name} {_number(v)}" for v in state.values()]
 
 
 class CallbackCounter(Gauge):
@@ -132,10 +152,21 @@ class Registry:
         self._metrics.append(metric)
         return metric
 
-    def render(self) -> str:
+    def state(self) -> dict[str, list]:
+        """JSON-able raw values, for another worker process to merge into its scrape."""
+        return {m.name: [[list(k), v] for k, v in m.state().items()] for m in self._metrics}
+
+    def render(self, others: Sequence[dict[str, list]] = ()) -> str:
+        """The text exposition; `others` are state() of the service's other worker processes
+        (several processes share the port: any of them must answer for the whole service)."""
         lines: list[str] = []
         for metric in self._metrics:
-            lines += metric.header() + metric.samples()
+            merged = metric.state()
+            for other in others:
+                for labels, value in other.get(metric.name, []):
+                    key = tuple(labels)
+                    merged[key] = metric.combine(merged[key], value) if key in merged else value
+            lines += metric.header() + metric.samples(merged)
         return "\n".join(lines) + "\n"
 
 

@@ -473,3 +473,26 @@ def test_stop_under_load_answers_every_accepted_request(process_op_service: Serv
     assert tally.refused > 0  # the load really ran into the stop
     # every request the service admitted was answered, correctly, to a client that got it
     assert accepted == answered and accepted - accepted_before == tally.ok
+
+
+def test_metrics_of_worker_processes_add_up(tiny_models: Path, tmp_path: Path) -> None:
+    """With build_dag_each_worker, several processes share the port: any scrape must report the
+    whole service (the workers publish their values to each other)."""
+    running = _start(tiny_models, tmp_path / "build", ("peach",),
+                     "--runtime=build_dag_each_worker=true", "--runtime=worker_num=2",
+                     "--no-supervisor")
+    try:
+        http_port = running.ports["peach"][0]
+        items = request_items([synthetic_jpeg(64, 64, 5)])
+        for _ in range(12):  # a new connection each: the kernel spreads them over the workers
+            assert _http(http_port, "/peach/prediction", _body(items))[0] == 200
+        time.sleep(1.5)  # PUBLISH_EVERY_S
+        for _ in range(4):  # whichever worker answers the scrape
+            samples = _metrics(http_port)
+            assert _value(samples, "serving_requests_total", service="peach", protocol="http",
+                          outcome="ok", code="0") == 13  # + the start-up timing prediction
+            assert _value(samples, "serving_stage_duration_seconds_count", service="peach",
+                          stage="predict") == 13
+            assert _value(samples, "serving_ready") == 1
+    finally:
+        _stop(running)
