@@ -160,10 +160,15 @@ class ServiceHost:
         return None
 
     def check_ready(self) -> str | None:
-        """ready_reason, plus a real prediction when none succeeded for PROBE_EVERY_S."""
+        """ready_reason, plus a real prediction when none succeeded for PROBE_EVERY_S, plus
+        the other worker processes' readiness (as they last published it)."""
         reason = self.ready_reason()
         if reason is None and time.monotonic() - self._last_success > PROBE_EVERY_S:
             reason = self.probe()
+        if reason is None and self.workers_metrics is not None:
+            unready = sum(value == 0 for state in self.workers_metrics.others()
+                          for _, value in state.get("serving_ready", []))
+            reason = f"{unready} other worker process(es) not ready" if unready else None
         return reason
 
     def probe(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
