@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from export.classifier_checkpoint import build_classifier, load_config
-from serving.preprocess import Preprocessor
+from serving.preprocess import Preprocessor, decode_image
 from train import classifier
 from train.peach_data import LABELS, generate_samples
 
@@ -45,6 +45,40 @@ def test_help_works_from_the_command_line() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--data-dir" in done.stdout and "--export-to" in done.stdout
+
+
+def test_training_augmentation_keeps_the_serving_scale_and_crop() -> None:
+    """Size separates the grades: training may flip and recolour, never rescale or shift."""
+    steps = yaml.safe_load((MODEL_DIR / "model.yml").read_text())["preprocess"]
+    augment = classifier.TrainAugmentation.from_serving_steps(steps)
+    for index, sample in enumerate(generate_samples("train", 6, seed=7)):
+        served = serving_preprocessor()(sample.jpeg).image
+        trained = augment(decode_image(sample.jpeg), np.random.default_rng(index))
+        assert trained.shape == served.shape
+        best = max(np.corrcoef(trained.ravel(), candidate.ravel())[0, 1]
+                   for candidate in (served, served[:, :, ::-1]))
+        assert best > 0.97, f"{sample.relative_path}: correlation {best:.3f}"
+
+
+def test_weight_decay_spares_batch_norm_and_biases() -> None:
+    paddle.seed(0)
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3), paddle.nn.BatchNorm2D(4),
+                                 paddle.nn.Flatten(), paddle.nn.Linear(4 * 6 * 6, 2))
+    config = {"Optimizer": {"weight_decay": 0.5, "clip_grad_norm": 1.0}}
+    optimizer = classifier.optimizer_for(config, model, 0.1)
+    before = {name: param.numpy().copy() for name, param in model.named_parameters()}
+    (0 * model(paddle.rand([2, 3, 8, 8])).sum()).backward()  # zero gradients: decay only
+    optimizer.step()
+    for name, param in model.named_parameters():
+        if param.stop_gradient:  # BN running statistics, not trained
+            continue
+        decayed = not np.allclose(param.numpy(), before[name])
+        assert decayed == (param.ndim > 1), name
+
+
+def test_early_stop_needs_the_target_held_in_a_row() -> None:
+    stop = classifier.EarlyStop(top1=0.97, evaluations=2)
+    assert [stop.should_stop(a) for a in (0.97, 0.96, 0.98, 0.99)] == [False, False, False, True]
 
 
 @pytest.mark.slow

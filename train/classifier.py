@@ -1,11 +1,13 @@
 """Train the built-in peach classifier (PP-LCNetV2_base, 4 grades) from scratch, then export it.
 
 The paddleclas wheel ships only the architectures, so this is a small plain-paddle loop:
-AdamW, linear warmup then cosine, one math thread (faster than two on this 2-core machine; the other
-core decodes), validation every `eval_interval` iterations, best checkpoint kept. Training runs at
-the serving resolution with the serving preprocessing of models/peach/model.yml, except that the
-center crop becomes a random crop of the same size (no scale jitter: size is what separates the
-grades) plus flips and mild colour jitter.
+AdamW (no weight decay on BN scales/shifts and biases), gradient clipping, a long linear warmup
+then cosine, one math thread (faster than two on this 2-core machine), validation every
+`eval_interval` iterations, best checkpoint kept, early stop once the validation top-1 has held a
+target for a few evaluations. Training sees exactly the serving preprocessing of
+models/peach/model.yml (same resize, same center crop: no scale jitter and no crop offsets, because
+the apparent size is what separates the grades and an offset crop could cut a peach), plus
+horizontal flips and mild colour jitter.
 
     python -m train.classifier --help
 """
@@ -23,7 +25,7 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +49,20 @@ log = logging.getLogger("train.classifier")
 
 @dataclass
 class TrainAugmentation:
-    """Serving steps with the center crop replaced by a random crop of the same size."""
+    """Serving steps up to the center crop, then flip and colour jitter, then the other steps."""
 
-    before_crop: Preprocessor
+    up_to_crop: Preprocessor
     after_crop: Preprocessor
-    crop: int
 
     @classmethod
     def from_serving_steps(cls, steps: Sequence[Mapping[str, Any]]) -> TrainAugmentation:
         crop_at = next(i for i, step in enumerate(steps) if step["type"] == "CropImage")
-        return cls(Preprocessor(steps[:crop_at]), Preprocessor(steps[crop_at + 1:]),
-                   int(steps[crop_at]["size"]))
+        return cls(Preprocessor(steps[:crop_at + 1]), Preprocessor(steps[crop_at + 1:]))
 
     def __call__(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        image = self.before_crop.from_array(rgb).image
-        top = rng.integers(0, image.shape[0] - self.crop + 1)
-        left = rng.integers(0, image.shape[1] - self.crop + 1)
-        image = image[top:top + self.crop, left:left + self.crop]
+        image = self.up_to_crop.from_array(rgb).image
         if rng.random() < 0.5:
-            image = image[:, ::-1]
+            image = image[:, ::-1]  # keeps the horizontal diameter, which the rule reads
         gain = rng.uniform(0.85, 1.15)  # brightness
         contrast = rng.uniform(0.85, 1.15)
         grey = image.mean(axis=2, keepdims=True)
@@ -102,12 +99,42 @@ def learning_rate(config: dict[str, Any], iterations: int) -> paddle.optimizer.l
     return paddle.optimizer.lr.LinearWarmup(cosine, warmup, start_lr=peak / 20, end_lr=peak)
 
 
+def optimizer_for(config: dict[str, Any], model: paddle.nn.Layer,
+                  schedule: paddle.optimizer.lr.LRScheduler | float) -> paddle.optimizer.AdamW:
+    """AdamW decaying only conv/linear kernels, with the global gradient norm clipped.
+
+    1-D parameters are the BN scales/shifts and the biases: decaying them only fights BN.
+    """
+    settings = config["Optimizer"]
+    kernels = {param.name for param in model.parameters() if param.ndim > 1}
+    return paddle.optimizer.AdamW(
+        learning_rate=schedule, parameters=model.parameters(),
+        weight_decay=float(settings["weight_decay"]),
+        apply_decay_param_fun=lambda name: name in kernels,
+        grad_clip=paddle.nn.ClipGradByGlobalNorm(float(settings["clip_grad_norm"])))
+
+
+@dataclass
+class EarlyStop:
+    """Stop once the validation top-1 has been >= `top1` on `evaluations` evaluations in a row."""
+
+    top1: float
+    evaluations: int
+    held: int = 0
+
+    def should_stop(self, accuracy: float) -> bool:
+        self.held = self.held + 1 if accuracy >= self.top1 else 0
+        return self.held >= self.evaluations
+
+
 @dataclass
 class TrainResult:
     best_top1: float
     best_iteration: int
     seconds: float
     weights: Path
+    iterations_run: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (iteration, val top-1)
 
 
 def train(config: dict[str, Any], data_dir: Path, out: Path, iterations: int, seed: int,
@@ -124,9 +151,8 @@ def train(config: dict[str, Any], data_dir: Path, out: Path, iterations: int, se
 
     model = build_classifier(config)
     schedule = learning_rate(config, iterations)
-    optimizer = paddle.optimizer.AdamW(
-        learning_rate=schedule, parameters=model.parameters(),
-        weight_decay=float(config["Optimizer"]["weight_decay"]))
+    optimizer = optimizer_for(config, model, schedule)
+    stop = EarlyStop(**config["Global"]["early_stop"])
     eval_interval = int(config["Global"]["eval_interval"])
     eval_batch = int(config["DataLoader"]["Eval"]["batch_size"])
     out.mkdir(parents=True, exist_ok=True)
@@ -152,10 +178,16 @@ def train(config: dict[str, Any], data_dir: Path, out: Path, iterations: int, se
         if iteration % eval_interval == 0 or iteration == iterations:
             accuracy = top1(model, val_images, val_labels, eval_batch)
             log.info("iteration %d: loss %.4f, val top-1 %.4f", iteration, float(loss), accuracy)
+            best.curve.append((iteration, accuracy))
             if accuracy > best.best_top1:
                 best.best_top1, best.best_iteration = accuracy, iteration
                 paddle.save(model.state_dict(), str(best.weights))
+            if stop.should_stop(accuracy):
+                log.info("early stop: val top-1 >= %.2f on %d evaluations in a row",
+                         stop.top1, stop.evaluations)
+                break
     best.seconds = time.perf_counter() - started
+    best.iterations_run = iteration
     return best
 
 
@@ -201,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([Path(sys.executable).name, "-m", "train.classifier",
                                *(sys.argv[1:] if argv is None else argv)]),
         "config": os.path.relpath(args.config, ROOT),
-        "seed": seed, "iterations": iterations, "batch_size": batch_size,
+        "seed": seed, "iterations": iterations, "iterations_run": result.iterations_run,
+        "batch_size": batch_size,
         "best_iteration": result.best_iteration, "val_top1": round(result.best_top1, 4),
+        "val_curve": [[step, round(top1, 4)] for step, top1 in result.curve],
         "val_images": len(read_class_list(args.data_dir, "val_list.txt")),
         "training_seconds": round(result.seconds, 1), "paddle": paddle.__version__,
     }
