@@ -147,8 +147,13 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     served = max(1.0, result.throughput * elapsed)
     run = result.summary()
     run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
-    run["machine_busy_fraction"] = round((procstats.machine_busy_s() - busy_before)
-                                         / (elapsed * (os.cpu_count() or 1)), 3)
+    busy_s = procstats.machine_busy_s() - busy_before
+    run["machine_busy_fraction"] = round(busy_s / (elapsed * (os.cpu_count() or 1)), 3)
+    # Cores used by neither the service nor the load generator (other users of the machine):
+    # figures taken while this is well above 0 are disturbed.
+    loadgen_s = result.loadgen_cpu_s * elapsed / args.duration
+    run["other_cores_busy"] = round(max(0.0, busy_s - (after.cpu_s - before.cpu_s) - loadgen_s)
+                                    / elapsed, 2)
     page = stages.busiest_page(service.http_port, "grpc" if transport == "rpc" else "http")
     run["service_means_ms"] = stages.mean_ms(page) if page else {}
     return run, memory.peak or after

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 HEADER = (f"{'variant':<11}{'transport':<10}{'conc':>5}{'req/s':>9}{'p50':>8}{'p90':>8}"
-          f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'gen cpu':>9}{'err':>5}")
+          f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'gen cpu':>9}{'other':>7}{'err':>5}")
 
 
 def add_ratios(model: dict[str, Any], reference: str) -> None:
@@ -68,7 +68,8 @@ def table(results: dict[str, Any]) -> str:
                          f"img/s  p50 {strategy['p50_ms']:6.1f}  p99 {strategy['p99_ms']:6.1f} ms"
                          f"  cpu {strategy['cpu_ms_per_image']:5.1f} ms/img  "
                          f"rss {strategy['rss_mb_per_process']:.0f} MB/process{best}")
-        lines.append("times in ms; cpu = CPU ms per request (server / load generator)")
+        lines.append("times in ms; cpu = CPU ms per request (server / load generator); other = "
+                     "cores busy with other programs during the run")
         lines.append(HEADER)
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
@@ -78,7 +79,8 @@ def table(results: dict[str, Any]) -> str:
                     f"{_number(run['p90_ms'], 1):>8}{_number(run['p99_ms'], 1):>8}"
                     f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
                     f"{run['server_cpu_ms_per_request']:>9.2f}"
-                    f"{run['loadgen_cpu_ms_per_request']:>9.2f}{run['errors']:>5}")
+                    f"{run['loadgen_cpu_ms_per_request']:>9.2f}"
+                    f"{run.get('other_cores_busy', 0.0):>7.2f}{run['errors']:>5}")
         for variant_name, variant in model["variants"].items():
             lines += [f"time split {variant_name} {line}" for line in time_split(variant)]
         for variant_name, failure in model.get("failed_variants", {}).items():
@@ -109,8 +111,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {s['strategy']}{mark} | {s['throughput']:.1f} | {s['p50_ms']:.1f} "
                          f"| {s['p99_ms']:.1f} | {s['cpu_ms_per_image']:.1f} |")
         lines += ["", "| variant | transport | clients | req/s | p50 ms | p90 ms | p99 ms | "
-                      "x in-process | x reference | server CPU ms/req | load gen CPU ms/req |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "x in-process | x reference | server CPU ms/req | load gen CPU ms/req | "
+                      "other cores busy |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
                 lines.append(
@@ -119,7 +122,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"{_number(run['p90_ms'], 1)} | {_number(run['p99_ms'], 1)} | "
                     f"{_number(run['vs_inprocess'], 2)} | {_number(run['vs_reference'], 2)} | "
                     f"{run['server_cpu_ms_per_request']:.2f} | "
-                    f"{run['loadgen_cpu_ms_per_request']:.2f} |")
+                    f"{run['loadgen_cpu_ms_per_request']:.2f} | "
+                    f"{run.get('other_cores_busy', 0.0):.2f} |")
         lines += ["", "| variant | p50 overhead at 1 client | idle RSS / PSS MB | "
                       "under load RSS / PSS MB | processes |", "|---|---|---|---|---:|"]
         for variant_name, variant in model["variants"].items():
