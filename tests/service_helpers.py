@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from serving.manager import group_alive, port_listening
+from serving.protocol import request_items
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -65,6 +66,25 @@ class Services:
         left = [f"process group {pgid}" for pgid in pgids if group_alive(pgid)]
         return left + [f"port {port}" for pair in self.ports.values() for port in pair
                        if port_listening(port)]
+
+
+def in_process_results(models_dir: Path, build_dir: Path, name: str,
+                       images: list[bytes]) -> dict[str, list]:
+    """What the service should answer for `images` (one request), computed in this process with
+    the service's own preprocessing, runtime settings and postprocessing."""
+    from serving.config import resolve_runtime
+    from serving.handler import ModelHandler
+    from serving.model_spec import ModelSpec
+    from serving.predictor import InProcessPredictor
+
+    spec = ModelSpec.load(models_dir / name)
+    serving_server = build_dir / "serving" / name / "serving_server"
+    handler = ModelHandler(spec, serving_server).load()
+    predictor = InProcessPredictor(serving_server, spec.fetches,
+                                   resolve_runtime(spec, serving_server))
+    batch = handler.preprocess(request_items(images))
+    return {key: json.loads(value) for key, value in
+            handler.postprocess(batch.keys, predictor(batch.feed)).items()}
 
 
 def run_client(transport: str, service: str, port: int, *args: str

@@ -13,12 +13,14 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from service_helpers import Services, free_ports, run_client, save_tiny_models
+from service_helpers import (
+    Services,
+    free_ports,
+    in_process_results,
+    run_client,
+    save_tiny_models,
+)
 
-from serving.config import resolve_runtime
-from serving.handler import ModelHandler
-from serving.model_spec import ModelSpec
-from serving.predictor import InProcessPredictor
 from serving.protocol import decode_results, http_url, post_http, request_items
 
 pytestmark = pytest.mark.service
@@ -77,16 +79,6 @@ def _rpc(services: Services, name: str, images: list[bytes]) -> dict:
             "value": list(reply.value)}
 
 
-def _in_process(services: Services, name: str, images: list[bytes]) -> dict[str, list]:
-    spec = ModelSpec.load(services.models_dir / name)
-    serving_server = services.build_dir / "serving" / name / "serving_server"
-    handler = ModelHandler(spec, serving_server).load()
-    predictor = InProcessPredictor(serving_server, spec.fetches,
-                                   resolve_runtime(spec, serving_server))
-    batch = handler.preprocess(request_items(images))
-    return {key: json.loads(value) for key, value in
-            handler.postprocess(batch.keys, predictor(batch.feed)).items()}
-
 
 def _results(reply: dict) -> dict[str, list]:
     assert reply["err_no"] == 0, reply["err_msg"]
@@ -111,7 +103,7 @@ def test_http_rpc_and_in_process_agree(services: Services, images: list[Path]) -
     for name in MODELS:
         http = _results(_http(services, name, data))
         rpc = _results(_rpc(services, name, data))
-        local = _in_process(services, name, data)
+        local = in_process_results(services.models_dir, services.build_dir, name, data)
         assert list(http) == list(rpc) == list(local) == ["image_0", "image_1", "image_2"]
         for key in http:
             assert len(http[key]) == len(rpc[key]) == len(local[key]) > 0
