@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from serving.manager import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300
@@ -17,18 +18,6 @@ START_TIMEOUT_S = 300
 
 class BenchError(RuntimeError):
     """A benchmark step failed; the message says what and where to look."""
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from service_helpers import Services, free_ports, save_tiny_models
+from service_helpers import Services, save_tiny_models
 
 from bench.procstats import group_pids
-from serving.manager import group_alive
+from serving.manager import free_ports, group_alive
 from serving.protocol import request_items
 
 pytestmark = pytest.mark.service

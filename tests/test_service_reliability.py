@@ -25,10 +25,10 @@ import grpc
 import numpy as np
 import pytest
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
-from service_helpers import Services, free_ports, save_tiny_models
+from service_helpers import Services, save_tiny_models
 
 from serving.layout import Layout
-from serving.manager import Record, running_records
+from serving.manager import Record, free_ports, running_records
 from serving.protocol import decode_results, get_json, health_url, request_items
 from serving.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
 

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from service_helpers import (
     Services,
-    free_ports,
     in_process_results,
     run_client,
     save_tiny_models,
 )
 
+from serving.manager import free_ports
 from serving.protocol import decode_results, http_url, post_http, request_items
 
 pytestmark = pytest.mark.service
