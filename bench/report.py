@@ -57,6 +57,19 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+# Column widths of the text table: variant, transport, then right-aligned figures, errors.
+_TEXT_WIDTHS = ("<11", "<10", ">5", ">9", ">8", ">8", ">8", ">9", ">7", ">9", ">9", ">7", ">5")
+
+
+def _run_cells(run: dict[str, Any]) -> list[str]:
+    """One served run's figures, formatted once for both the text and the Markdown table."""
+    return [run["transport"], str(run["concurrency"]), f"{run['throughput']:.1f}",
+            _number(run["p50_ms"], 1), _number(run["p90_ms"], 1), _number(run["p99_ms"], 1),
+            _number(run["vs_inprocess"], 2), _number(run["vs_reference"], 2),
+            f"{run['server_cpu_ms_per_request']:.2f}", f"{run['loadgen_cpu_ms_per_request']:.2f}",
+            f"{run.get('other_cores_busy', 0.0):.2f}"]
+
+
 def table(results: dict[str, Any]) -> str:
     lines = []
     for name, model in results["models"].items():
@@ -73,14 +86,9 @@ def table(results: dict[str, Any]) -> str:
         lines.append(HEADER)
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
-                lines.append(
-                    f"{variant_name:<11}{run['transport']:<10}{run['concurrency']:>5}"
-                    f"{run['throughput']:>9.1f}{_number(run['p50_ms'], 1):>8}"
-                    f"{_number(run['p90_ms'], 1):>8}{_number(run['p99_ms'], 1):>8}"
-                    f"{_number(run['vs_inprocess'], 2):>9}{_number(run['vs_reference'], 2):>7}"
-                    f"{run['server_cpu_ms_per_request']:>9.2f}"
-                    f"{run['loadgen_cpu_ms_per_request']:>9.2f}"
-                    f"{run.get('other_cores_busy', 0.0):>7.2f}{run['errors']:>5}")
+                cells = [variant_name, *_run_cells(run), str(run["errors"])]
+                lines.append("".join(f"{cell:{width}}" for cell, width
+                                     in zip(cells, _TEXT_WIDTHS, strict=True)))
         for variant_name, variant in model["variants"].items():
             lines += [f"time split {variant_name} {line}" for line in time_split(variant)]
         for variant_name, failure in model.get("failed_variants", {}).items():
@@ -116,14 +124,7 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
-                lines.append(
-                    f"| {variant_name} | {run['transport']} | {run['concurrency']} | "
-                    f"{run['throughput']:.1f} | {_number(run['p50_ms'], 1)} | "
-                    f"{_number(run['p90_ms'], 1)} | {_number(run['p99_ms'], 1)} | "
-                    f"{_number(run['vs_inprocess'], 2)} | {_number(run['vs_reference'], 2)} | "
-                    f"{run['server_cpu_ms_per_request']:.2f} | "
-                    f"{run['loadgen_cpu_ms_per_request']:.2f} | "
-                    f"{run.get('other_cores_busy', 0.0):.2f} |")
+                lines.append("| " + " | ".join([variant_name, *_run_cells(run)]) + " |")
         lines += ["", "| variant | p50 overhead at 1 client | idle RSS / PSS MB | "
                       "under load RSS / PSS MB | processes |", "|---|---|---|---|---:|"]
         for variant_name, variant in model["variants"].items():
