@@ -3,11 +3,13 @@ the `python -m serving` CLI against a temporary build folder, the client scripts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,19 @@ class Services:
 
     def records(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in (self.build_dir / "run").glob("*.json")]
+
+    @contextlib.contextmanager
+    def started(self, *start_args: str) -> Iterator[Services]:
+        """`python -m serving start ...` for the test's duration; on exit stop, and assert that no
+        process group or port is left."""
+        try:
+            started = self.cli("start", *start_args)
+            assert started.returncode == 0, started.stdout + started.stderr
+            yield self
+        finally:
+            pgids = [record["pid"] for record in self.records()]
+            self.cli("stop")
+            assert not self.leftovers(pgids)
 
     def leftovers(self, pgids: list[int]) -> list[str]:
         """Process groups still alive or ports still bound."""

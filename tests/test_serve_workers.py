@@ -38,16 +38,9 @@ def service(models_dir: Path, tmp_path: Path) -> Services:
     """A fresh service per test, without the supervisor (it would restart what a test kills)."""
     http_port, rpc_port = free_ports(2)
     running = Services(models_dir, tmp_path / "build", {"peach": (http_port, rpc_port)})
-    try:
-        started = running.cli("start", "peach", "--no-supervisor",
-                              "--runtime=build_dag_each_worker=true",
-                              f"--runtime=worker_num={WORKERS}", "--runtime=thread_num=1")
-        assert started.returncode == 0, started.stdout + started.stderr
+    with running.started("peach", "--no-supervisor", "--runtime=build_dag_each_worker=true",
+                         f"--runtime=worker_num={WORKERS}", "--runtime=thread_num=1"):
         yield running
-    finally:
-        pgids = [record["pid"] for record in running.records()]
-        running.cli("stop")
-        assert not running.leftovers(pgids)
 
 
 def _jpeg() -> bytes:

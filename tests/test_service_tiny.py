@@ -54,14 +54,8 @@ def services(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Ser
     ports = free_ports(4)
     running = Services(tiny_models, tmp_path_factory.mktemp("build"),
                        {"peach": (ports[0], ports[1]), "traffic_light": (ports[2], ports[3])})
-    try:
-        started = running.cli("start", "--timeout", "300")
-        assert started.returncode == 0, started.stdout + started.stderr
+    with running.started("--timeout", "300"):
         yield running
-    finally:
-        pgids = [record["pid"] for record in running.records()]
-        running.cli("stop")
-        assert not running.leftovers(pgids)
 
 
 def _http(services: Services, name: str, images: list[bytes]) -> dict:
