@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from export.classifier_checkpoint import build_classifier, export_inference_model, load_config
 from serving.preprocess import Preprocessor, decode_image
+from train import peach_data
 from train.common import seed_everything
 from train.peach_data import read_class_list, read_label_list, write_dataset
 
@@ -204,8 +205,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="iterations (default: config Global.iterations)")
     parser.add_argument("--seed", type=int, help="training seed (default: config Global.seed)")
     parser.add_argument("--batch-size", type=int, help="default: config DataLoader.Train")
-    parser.add_argument("--train-images", type=int, default=1000, help="when generating the set")
-    parser.add_argument("--val-images", type=int, default=200, help="when generating the set")
+    parser.add_argument("--train-images", type=int, default=peach_data.TRAIN_IMAGES,
+                        help="when generating the set")
+    parser.add_argument("--val-images", type=int, default=peach_data.VAL_IMAGES,
+                        help="when generating the set")
     parser.add_argument("--data-seed", type=int, default=0, help="when generating the set")
     parser.add_argument("--export-to", type=Path, default=Path("models/peach/inference"),
                         help="inference model folder; metrics.json goes beside it")

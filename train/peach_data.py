@@ -48,6 +48,7 @@ DIAMETERS = {"R0": (150, 186), "B1": (150, 186), "M2": (108, 132), "S3": (66, 90
 RED_COVERAGE = {"R0": (0.65, 0.95), "B1": (0.0, 0.25), "M2": (0.0, 0.95), "S3": (0.0, 0.95)}
 SMALL_BELOW, MEDIUM_BELOW, RED_FROM = 99, 141, 0.45
 SPLIT_STREAMS = {"train": 0, "val": 1}  # separate random streams per split
+TRAIN_IMAGES, VAL_IMAGES = 3000, 200  # default split sizes
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate the synthetic peach dataset (4 grades by size and colour; the rule "
                     "is in this module's docstring).")
     parser.add_argument("--out", type=Path, default=Path("data/peach"), help="dataset folder")
-    parser.add_argument("--train", type=int, default=1000, help="training images")
-    parser.add_argument("--val", type=int, default=200, help="validation images")
+    parser.add_argument("--train", type=int, default=TRAIN_IMAGES, help="training images")
+    parser.add_argument("--val", type=int, default=VAL_IMAGES, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -51,7 +51,9 @@ class Difficulty:
 
 
 EASY = Difficulty(lights=(1, 2), width_px=(18, 34), clutter=(0, 6), decoys=(0, 0))
-HARD = Difficulty(lights=(2, 6), width_px=(11, 32), clutter=(10, 40), decoys=(0, 4))
+# Narrowest housing 15 px at the network input: lamps of ~9 px, where a left and a right arrow
+# still differ by more than the blur (at 11 px by 1-2 px; a run on that set: arrow AP 0.11-0.21).
+HARD = Difficulty(lights=(2, 5), width_px=(15, 34), clutter=(8, 30), decoys=(0, 3))
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class DatasetSpec:
     """Everything that determines the generated files."""
 
     seed: int = 0
-    train: int = 2000
-    train_easy: int = 2000
+    train: int = 4000
+    train_easy: int = 4000
     valid: int = 200
 
     def splits(self) -> list[SplitSpec]:
