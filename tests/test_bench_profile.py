@@ -1,0 +1,48 @@
+"""bench.profile's accounting: py-spy collapsed stacks -> milliseconds per request per stage.
+(The sampling itself needs ptrace on a live service; it is run by hand, docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+from bench import profile
+
+OP = "_run_process (paddle_serving_server/pipeline/operator.py:1191)"
+HANDLER = "ModelHandler.preprocess (serving/handler.py:128)"
+DECODE = "decode_checked (serving/handler.py:84)"
+PREDICT = "LocalPredictor.predict (paddle_serving_app/local_predict.py:400)"
+HTTP = "BaseHTTPRequestHandler.handle_one_request (http/server.py:424)"
+BODY = "_parse_body (serving/host.py:417)"
+
+
+def test_a_sample_goes_to_the_innermost_named_stage() -> None:
+    assert profile.stage_of([OP, HANDLER, DECODE, "b64decode (base64.py:88)"]) == \
+        "decode: base64 + JPEG + limits"
+    assert profile.stage_of([OP, HANDLER, "Preprocessor.from_array (x.py:1)"]) == \
+        "preprocess: resize, crop, normalize"
+    assert profile.stage_of([OP, PREDICT]) == "predict (Paddle Inference)"
+    assert profile.stage_of([HTTP, BODY, "loads (json/__init__.py:346)"]) == \
+        "HTTP request: headers + JSON body"
+    assert profile.stage_of([OP, "wait (threading.py:320)"]) == \
+        "pipeline plumbing: DAG + channels + ops"
+    assert profile.stage_of(["run (threading.py:1010)"]) == profile.OTHER
+
+
+def test_collapsed_counts_become_milliseconds_per_request() -> None:
+    collapsed = "\n".join([
+        f"{OP};{PREDICT} 300",
+        f"{OP};{HANDLER};{DECODE} 50",
+        f"{HTTP};{BODY} 50",
+        f"{OP};{PREDICT} 100",  # the same stack again (another process) adds up
+        "garbage line without a count",
+    ])
+    samples = profile.parse_collapsed(collapsed)
+    assert samples == {"predict (Paddle Inference)": 400,
+                       "decode: base64 + JPEG + limits": 50,
+                       "HTTP request: headers + JSON body": 50}
+    times = profile.stage_times(samples, rate_hz=100, requests=10)
+    assert times[0].stage == "predict (Paddle Inference)"
+    by_stage = {t.stage: t for t in times}
+    # 400 samples at 100 Hz = 4 s over 10 requests = 400 ms each; shares of 500 samples
+    assert by_stage["predict (Paddle Inference)"].ms_per_request == 400.0
+    assert by_stage["decode: base64 + JPEG + limits"].share == 0.1
+    text = profile.table(times, cpu_ms_per_request=520.0, throughput=2.5, sampled="busy")
+    assert "total busy" in text and "500.00" in text and "520.00 ms per request" in text
