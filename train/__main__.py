@@ -10,6 +10,7 @@ for their options (each also runs alone).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 TRAINERS = {"peach": "train.classifier", "traffic_light": "train.detector"}
+# What each trainer's metrics.json (in its default --out) reports, and the target it should reach.
+RESULTS = {"peach": ("val_top1", "validation top-1", 0.95),
+           "traffic_light": ("valid_map50", "validation mAP@0.5", 0.80)}
 STATUS_EVERY_S = 60.0
 
 
@@ -56,6 +60,15 @@ def wait_all(running: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path],
     return statuses
 
 
+def result_line(name: str, metrics_file: Path) -> str:
+    key, what, target = RESULTS[name]
+    value = json.loads(metrics_file.read_text()).get(key) if metrics_file.is_file() else None
+    if value is None:
+        return f"{name}: no {what} in {metrics_file}"
+    verdict = "meets" if value >= target else "BELOW"
+    return f"{name}: {what} {value:.3f} ({verdict} the target {target:.2f})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             print(f"{name} failed; end of {logs[name]}:\n{logs[name].read_text()[-3000:]}",
                   file=sys.stderr)
+        else:
+            print(result_line(name, Path("build/train") / name / "metrics.json"), flush=True)
     return next((status for status in statuses.values() if status), 0)
 
 
