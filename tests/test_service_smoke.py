@@ -19,14 +19,18 @@ pytestmark = pytest.mark.service
 IMAGES_PER_MODEL = 20
 SEED = 20240917  # not a training seed: images the models have never seen
 CLASSIFIER_ACCURACY = 0.95
-DETECTOR_RECALL = 0.80  # ground-truth lights found with IoU >= 0.5 and the right class
+# Ground-truth lights found with IoU >= 0.5 and the right class. "Found" = the best-scoring
+# returned box on the light (IoU >= 0.5) has the right class: a second, contradicting box (say
+# RedLeft 0.55 beside RedRight 0.52 on one light) does not count as knowing the answer.
+DETECTOR_RECALL = 0.80
 IOU = 0.5
 CLIENT_BATCH = 4
 # The shipped defaults are below the issue's accuracy targets (issue 3 is open; figures in
 # models/*/metrics.json). The checks stay, strict: the day a retrained default reaches its target
 # they pass, strict xfail turns that into a failure, and this marker must go.
 BELOW_TARGET = pytest.mark.xfail(
-    strict=True, reason="shipped defaults below target: peach top-1 0.86, traffic_light mAP 0.265")
+    strict=True, reason="shipped defaults below target: peach top-1 0.86, traffic_light mAP 0.765 "
+                        "(arrow directions at chance)")
 
 
 def _require_shipped_models() -> None:
@@ -149,8 +153,8 @@ def test_detector_finds_generated_lights(services: Services, tmp_path: Path,
     for name, lights in truth.items():
         for label, box in lights:
             total += 1
-            found += any(p["label"] == label and iou(p["bbox"], box) >= IOU
-                         for p in predictions[name])
+            on_light = [p for p in predictions[name] if iou(p["bbox"], box) >= IOU]
+            found += bool(on_light) and max(on_light, key=lambda p: p["score"])["label"] == label
     assert total and found / total >= DETECTOR_RECALL, f"{found}/{total} lights found"
 
 
