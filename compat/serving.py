@@ -213,9 +213,11 @@ def scope_logging_config(config: dict) -> dict:
     scoped = copy.deepcopy(config)
     scoped["disable_existing_loggers"] = False
     root = scoped.pop("root", {})
-    # INFO, not upstream's DEBUG: the handlers drop DEBUG anyway, and the pipeline logs several
-    # debug lines per request on the hot path.
-    serving_logger = {**root, "level": "INFO", "propagate": False}
+    # WARNING, not upstream's DEBUG: the pipeline writes and flushes 3 INFO lines per request
+    # ("RequestOp unpack one request", "prometheus inf count +1", "Succ predict": operator.py,
+    # dag.py) and more DEBUG ones, all on the request's path. Warnings and errors still reach
+    # pipeline.log / pipeline.log.wf; the service's own log says what it does.
+    serving_logger = {**root, "level": "WARNING", "propagate": False}
     scoped.setdefault("loggers", {}).update({name: serving_logger for name in _SERVING_LOGGERS})
     return scoped
 

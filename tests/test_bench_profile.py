@@ -21,9 +21,10 @@ def test_a_sample_goes_to_the_innermost_named_stage() -> None:
     assert profile.stage_of([OP, PREDICT]) == "predict (Paddle Inference)"
     assert profile.stage_of([HTTP, BODY, "loads (json/__init__.py:346)"]) == \
         "HTTP request: headers + JSON body"
-    assert profile.stage_of([OP, "wait (threading.py:320)"]) == \
+    assert profile.stage_of([OP, "_run_postprocess (threading.py:320)"]) == \
         "pipeline plumbing: DAG + channels + ops"
     assert profile.stage_of(["run (threading.py:1010)"]) == profile.OTHER
+    assert profile.stage_of([OP, "Condition.wait (threading.py:331)"]) == profile.WAITING
 
 
 def test_collapsed_counts_become_milliseconds_per_request() -> None:
@@ -32,17 +33,19 @@ def test_collapsed_counts_become_milliseconds_per_request() -> None:
         f"{OP};{HANDLER};{DECODE} 50",
         f"{HTTP};{BODY} 50",
         f"{OP};{PREDICT} 100",  # the same stack again (another process) adds up
+        f"{HTTP};SocketIO.readinto (socket.py:706) 20",  # waiting: not in the total
         "garbage line without a count",
     ])
     samples = profile.parse_collapsed(collapsed)
     assert samples == {"predict (Paddle Inference)": 400,
                        "decode: base64 + JPEG + limits": 50,
-                       "HTTP request: headers + JSON body": 50}
+                       "HTTP request: headers + JSON body": 50, profile.WAITING: 20}
     times = profile.stage_times(samples, rate_hz=100, requests=10)
     assert times[0].stage == "predict (Paddle Inference)"
     by_stage = {t.stage: t for t in times}
-    # 400 samples at 100 Hz = 4 s over 10 requests = 400 ms each; shares of 500 samples
+    # 400 samples at 100 Hz = 4 s over 10 requests = 400 ms each; shares of 520 samples
     assert by_stage["predict (Paddle Inference)"].ms_per_request == 400.0
-    assert by_stage["decode: base64 + JPEG + limits"].share == 0.1
+    assert by_stage["decode: base64 + JPEG + limits"].share == 50 / 520
     text = profile.table(times, cpu_ms_per_request=520.0, throughput=2.5, sampled="busy")
-    assert "total busy" in text and "500.00" in text and "520.00 ms per request" in text
+    assert "total busy, without waiting" in text and " 500.00" in text
+    assert "520.00 ms per request" in text

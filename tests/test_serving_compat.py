@@ -108,5 +108,5 @@ def test_scoped_config_moves_root_handlers_to_serving_loggers() -> None:
     scoped = serving_fixes.scope_logging_config(upstream)
     assert "root" not in scoped and scoped["disable_existing_loggers"] is False
     assert scoped["loggers"]["paddle_serving_server"] == {
-        "level": "INFO", "handlers": ["f_pipeline.log"], "propagate": False}
+        "level": "WARNING", "handlers": ["f_pipeline.log"], "propagate": False}
     assert "x.profiler" in scoped["loggers"] and "root" in upstream  # input untouched
