@@ -3,8 +3,6 @@ PYTHON_SYSTEM ?= python3
 VENV          := .venv
 PY            := $(VENV)/bin/python
 STAMP         := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
-MODELS        := peach traffic_light
-SERVING_DIRS  := $(foreach m,$(MODELS),build/serving/$(m)/serving_server/serving_server_conf.prototxt)
 
 .DEFAULT_GOAL := help
 .PHONY: help install train models serve stop status soak test lint bench clean
@@ -23,10 +21,8 @@ $(STAMP): requirements.lock
 train: install  ## generate the synthetic datasets and retrain both default models (long)
 	$(PY) -m train
 
-models: install $(SERVING_DIRS)  ## export + patch the default models into build/serving/ (once)
-
-build/serving/%/serving_server/serving_server_conf.prototxt: models/%/model.yml $(wildcard models/%/inference/*) prototxt_patches/%.yml $(wildcard export/*.py)
-	$(PY) -m export models/$*/inference --patch prototxt_patches/$*.yml --out build/serving/$*
+models: install  ## export + patch the default models into build/serving/ (again only if inputs changed)
+	$(PY) -m serving prepare
 
 serve: models  ## start both services in the background; returns once each answered a prediction
 	$(PY) -m serving start

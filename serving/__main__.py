@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def prepare(layout: Layout, args: argparse.Namespace) -> int:
+    for name in args.models or layout.model_names():
+        if not ensure_serving_folder(layout, layout.spec(name)):
+            print(f"[{name}] serving folder up to date: {layout.serving_dir(name)}")
+    return 0
+
+
 def start(layout: Layout, args: argparse.Namespace) -> int:
     names = args.models or layout.model_names()
     if not names:
@@ -243,6 +250,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-supervisor", dest="supervise", action="store_false",
                    help="do not start the supervisor that restarts dead services")
     p.set_defaults(command=start)
+
+    p = sub.add_parser("prepare", parents=[common],
+                       help="export + patch each model's serving folder unless up to date")
+    p.add_argument("models", nargs="*", help="model names (default: every models/*/model.yml)")
+    p.set_defaults(command=prepare)
 
     p = sub.add_parser("stop", parents=[common], help="stop what `start` started")
     p.add_argument("models", nargs="*", help="model names (default: all)")

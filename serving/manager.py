@@ -13,8 +13,10 @@ its in-flight requests, then stops its op processes), and SIGKILLs the group onl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,21 +143,47 @@ def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
 # --- start ---------------------------------------------------------------------------------------
 
 
-def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> None:
-    """Build build/serving/<name>/ with the export stage when it is missing."""
-    if (layout.serving_server(spec.name) / "serving_server_conf.prototxt").is_file():
-        return
+INPUTS_FILE = "export_inputs.sha256"  # in build/serving/<name>/: what the folders were built from
+
+
+def export_inputs_digest(layout: Layout, spec: ModelSpec) -> str:
+    """sha256 over everything the export stage reads: the inference model files, the prototxt
+    patch, and the export code itself."""
+    patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
+    files = [*sorted(p for p in spec.inference_dir.rglob("*") if p.is_file()), patch,
+             *sorted((ROOT / "export").glob("*.py"))]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> bool:
+    """Build build/serving/<name>/ with the export stage when it is missing or was built from
+    other inputs (a retrained model, an edited patch); True if it (re)built."""
     if not spec.inference_dir.is_dir():
         raise ServingError(f"[{spec.name}] no inference model at {spec.inference_dir}: train the "
                            "default models (`make train`) or put an exported model there")
+    serving_dir = layout.serving_dir(spec.name)
+    wanted = export_inputs_digest(layout, spec)
+    record = serving_dir / INPUTS_FILE
+    built = (layout.serving_server(spec.name) / "serving_server_conf.prototxt").is_file()
+    if built and record.is_file() and record.read_text().strip() == wanted:
+        return False
+    for stale in ("serving_server", "serving_client"):
+        shutil.rmtree(serving_dir / stale, ignore_errors=True)
     patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
     command = [sys.executable, "-m", "export", str(spec.inference_dir), "--patch", str(patch),
-               "--out", str(layout.serving_dir(spec.name))]
-    print(f"[{spec.name}] building the serving folder: {' '.join(command)}", flush=True)
+               "--out", str(serving_dir)]
+    reason = "its inputs changed" if built else "missing"
+    print(f"[{spec.name}] building the serving folder ({reason}): {' '.join(command)}",
+          flush=True)
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise ServingError(f"[{spec.name}] export failed (exit {done.returncode}):\n"
                            f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    record.write_text(wanted + "\n")
+    return True
 
 
 def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
