@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import socketserver
-import sys
 import tempfile
 import threading
 import time
@@ -443,7 +442,6 @@ def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptio
     still says 503 meanwhile. Thread ops load the model while the DAG is built, so the fronts
     open first and answer 503 during the load.
     """
-    sys.setswitchinterval(options.gil_switch_interval_us / 1e6)
     host = ServiceHost(service, options)
     fronts = None if forks else _open_fronts(host, http_port, rpc_port)
     threads_before = set(threading.enumerate())

@@ -19,9 +19,6 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",  # interface both ports bind (0.0.0.0 = all)
     "drain_timeout_s": 10,  # on SIGTERM: longest wait for in-flight requests
     "max_inflight": 256,  # concurrent requests per service before 503 OVERLOADED
-    # How long a thread may hold the GIL before another one waiting for it gets it (Python's
-    # default is 5 ms).
-    "gil_switch_interval_us": 5000,
     **{f.name: f.default for f in fields(Limits)},
 }
 
@@ -32,7 +29,6 @@ class ServiceOptions:
     host: str
     drain_timeout_s: int
     max_inflight: int
-    gil_switch_interval_us: int
     limits: Limits
 
 
@@ -56,6 +52,4 @@ def resolve_options(spec_runtime: Mapping[str, Any],
     limits = Limits(**{f.name: numbers[f.name] for f in fields(Limits)})
     return ServiceOptions(http_front=str(values["http_front"]), host=str(values["host"]),
                           drain_timeout_s=numbers["drain_timeout_s"],
-                          max_inflight=numbers["max_inflight"],
-                          gil_switch_interval_us=numbers["gil_switch_interval_us"],
-                          limits=limits)
+                          max_inflight=numbers["max_inflight"], limits=limits)
