@@ -23,6 +23,9 @@ class Layout:
     def spec(self, name: str) -> ModelSpec:
         return ModelSpec.load(self.models_dir / name)
 
+    def patch_file(self, spec: ModelSpec) -> Path:
+        return self.patches_dir / f"{spec.prototxt_patch}.yml"
+
     def serving_dir(self, name: str) -> Path:  # working dir of the service (config.yml, logs)
         return self.build_dir / "serving" / name
 

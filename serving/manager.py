@@ -149,8 +149,8 @@ INPUTS_FILE = "export_inputs.sha256"  # in build/serving/<name>/: what the folde
 def export_inputs_digest(layout: Layout, spec: ModelSpec) -> str:
     """sha256 over everything the export stage reads: the inference model files, the prototxt
     patch, and the export code itself."""
-    patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
-    files = [*sorted(p for p in spec.inference_dir.rglob("*") if p.is_file()), patch,
+    files = [*sorted(p for p in spec.inference_dir.rglob("*") if p.is_file()),
+             layout.patch_file(spec),
              *sorted((ROOT / "export").glob("*.py"))]
     digest = hashlib.sha256()
     for path in files:
@@ -172,8 +172,8 @@ def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> bool:
         return False
     for stale in ("serving_server", "serving_client"):
         shutil.rmtree(serving_dir / stale, ignore_errors=True)
-    patch = layout.patches_dir / f"{spec.prototxt_patch}.yml"
-    command = [sys.executable, "-m", "export", str(spec.inference_dir), "--patch", str(patch),
+    command = [sys.executable, "-m", "export", str(spec.inference_dir),
+               "--patch", str(layout.patch_file(spec)),
                "--out", str(serving_dir)]
     reason = "its inputs changed" if built else "missing"
     print(f"[{spec.name}] building the serving folder ({reason}): {' '.join(command)}",

@@ -20,7 +20,7 @@ from service_helpers import (
     save_tiny_models,
 )
 
-from serving.manager import free_ports
+from serving.manager import INPUTS_FILE, free_ports
 from serving.protocol import decode_results, http_url, post_http, request_items
 
 pytestmark = pytest.mark.service
@@ -193,7 +193,9 @@ def test_failed_start_reports_the_log_and_leaves_nothing(
 
     broken = Services(services.models_dir, tmp_path / "build", {"peach": tuple(free_ports(2))})
     serving_server = broken.build_dir / "serving" / "peach" / "serving_server"
-    shutil.copytree(services.build_dir / "serving" / "peach" / "serving_server", serving_server)
+    built = services.build_dir / "serving" / "peach"
+    shutil.copytree(built / "serving_server", serving_server)
+    shutil.copy(built / INPUTS_FILE, serving_server.parent)  # up to date: start will not re-export
     (serving_server / "inference.pdiparams").write_bytes(b"\0" * 64)  # corrupted after export
     if manifest == "rewritten":
         write_checksums(serving_server)
