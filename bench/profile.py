@@ -26,10 +26,9 @@ from pathlib import Path
 
 from bench import loadgen, procstats, services
 from bench.payloads import encode_payloads, validation_images
+from serving.config import parse_overrides
 from serving.layout import ROOT, Layout
 from serving.manager import ensure_serving_folder
-
-log = logging.getLogger("bench.profile")
 
 WAITING = "waiting (no CPU): conditions, sockets"
 # (stage, substrings of a py-spy frame "function (file:line)"); a sample goes to the innermost
@@ -57,7 +56,7 @@ OTHER = "other"
 class StageTime:
     stage: str
     samples: int
-    share: float  # of all GIL-held samples
+    share: float  # of all samples (waiting included)
     ms_per_request: float
 
 
@@ -110,7 +109,7 @@ def profile(args: argparse.Namespace) -> int:
     spec = layout.spec(args.model)
     ensure_serving_folder(layout, spec)
     payloads = encode_payloads(validation_images(spec.task, args.images))
-    runtime = dict(pair.split("=", 1) for pair in args.runtime)
+    runtime = parse_overrides(args.runtime)
     service = services.start(layout.models_dir, layout.build_dir, args.model, runtime)
     collapsed = args.out / f"{args.model}-c{args.concurrency}.txt"
     try:
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         return profile(args)
-    except (services.BenchError, subprocess.CalledProcessError) as error:
+    except (services.BenchError, subprocess.CalledProcessError, ValueError) as error:
         detail = getattr(error, "stderr", b"") or b""
         print(f"error: {error}\n{detail.decode(errors='replace')[-2000:]}", file=sys.stderr)
         return 1

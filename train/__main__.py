@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 TRAINERS = {"peach": "train.classifier", "traffic_light": "train.detector"}
+TRAIN_DIR = Path("build/train")  # each trainer's default --out is TRAIN_DIR / <model>
 # What each trainer's metrics.json (in its default --out) reports, and the target it should reach.
 RESULTS = {"peach": ("val_top1", "validation top-1", 0.95),
            "traffic_light": ("valid_map50", "validation mAP@0.5", 0.80)}
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(TRAINERS), help="train just this model")
-    parser.add_argument("--log-dir", type=Path, default=Path("build/train"),
+    parser.add_argument("--log-dir", type=Path, default=TRAIN_DIR,
                         help="where <model>.log goes (default: %(default)s)")
     args = parser.parse_args(argv)
     names = [args.only] if args.only else list(TRAINERS)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} failed; end of {logs[name]}:\n{logs[name].read_text()[-3000:]}",
                   file=sys.stderr)
         else:
-            print(result_line(name, Path("build/train") / name / "metrics.json"), flush=True)
+            print(result_line(name, TRAIN_DIR / name / "metrics.json"), flush=True)
     return next((status for status in statuses.values() if status), 0)
 
 
