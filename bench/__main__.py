@@ -29,11 +29,11 @@ log = logging.getLogger("bench")
 # PaddleClas's shipped deploy/paddleserving/config.yml served the upstream way (Paddle Serving's
 # Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
 # thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
-# most favourable choice for the reference.
+# most favourable choice for the reference. glibc's default heap settings, as upstream runs.
 REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "ir_optim": "false",
-                     "use_mkldnn": "false"}
+                     "use_mkldnn": "false", "reuse_freed_memory": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5}
@@ -147,6 +147,8 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     served = max(1.0, result.throughput * elapsed)
     run = result.summary()
     run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
+    run["server_page_faults_per_request"] = round((after.minor_faults - before.minor_faults)
+                                                  / served, 1)
     busy_s = procstats.machine_busy_s() - busy_before
     run["machine_busy_fraction"] = round(busy_s / (elapsed * (os.cpu_count() or 1)), 3)
     # Cores used by neither the service nor the load generator (other users of the machine):

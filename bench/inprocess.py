@@ -88,6 +88,8 @@ def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_fi
             "p99_ms": round(float(np.percentile(latencies, 99)), 2),
             "cpu_ms_per_image": round(1000 * sum(r["cpu_s"] for r in reports)
                                       / max(1, per_image), 2),
+            "page_faults_per_image": round(sum(r["minor_faults"] for r in reports)
+                                           / max(1, per_image), 1),
             "rss_mb_per_process": round(max(r["max_rss_mb"] for r in reports), 1)}
 
 
@@ -127,19 +129,22 @@ def worker(args: argparse.Namespace) -> None:
     sys.stdin.readline()
     start = time.perf_counter() + args.warmup
     end = start + args.duration
-    latencies, index, cpu_at_start = [], 0, None
+    latencies, index, cpu_at_start, faults_at_start = [], 0, None, 0
     while (now := time.perf_counter()) < end:
         if cpu_at_start is None and now >= start:
             cpu_at_start = time.process_time()
+            faults_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         serve_one(requests[index % len(requests)])
         index += 1
         finished = time.perf_counter()
         if start <= finished < end:
             latencies.append((finished - now) * 1000)
     cpu_s = time.process_time() - (cpu_at_start or time.process_time())
-    max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    faults = usage.ru_minflt - faults_at_start if cpu_at_start is not None else 0
     print(json.dumps({"latencies_ms": latencies, "images": len(latencies) * args.batch,
-                      "cpu_s": cpu_s, "max_rss_mb": max_rss_mb}), flush=True)
+                      "cpu_s": cpu_s, "minor_faults": faults,
+                      "max_rss_mb": usage.ru_maxrss / 1024}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

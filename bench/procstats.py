@@ -18,6 +18,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class GroupSample:
     processes: int
     cpu_s: float  # user + system of the live processes
+    minor_faults: int  # pages the kernel mapped in for them (serving.memory explains why it counts)
     rss_mb: float
     pss_mb: float
 
@@ -34,9 +35,9 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds_and_faults(pid: int) -> tuple[float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[7])  # utime+stime, minflt
 
 
 def _memory_kb(pid: int) -> tuple[int, int]:
@@ -50,15 +51,16 @@ def _memory_kb(pid: int) -> tuple[int, int]:
 
 def sample_group(pgid: int, pids: list[int] | None = None) -> GroupSample:
     """Sum over the group's processes (`pids`: a listing taken earlier, to save the scan)."""
-    cpu, rss, pss, count = 0.0, 0, 0, 0
+    cpu, faults, rss, pss, count = 0.0, 0, 0, 0, 0
     for pid in group_pids(pgid) if pids is None else pids:
         try:
-            cpu += _cpu_seconds(pid)
+            process_cpu, process_faults = _cpu_seconds_and_faults(pid)
             process_rss, process_pss = _memory_kb(pid)
         except (OSError, ValueError):  # exited while we looked
             continue
+        cpu, faults = cpu + process_cpu, faults + process_faults
         rss, pss, count = rss + process_rss, pss + process_pss, count + 1
-    return GroupSample(count, cpu, rss / 1024, pss / 1024)
+    return GroupSample(count, cpu, faults, rss / 1024, pss / 1024)
 
 
 def machine_busy_s() -> float:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 HEADER = (f"{'variant':<11}{'transport':<10}{'conc':>5}{'req/s':>9}{'p50':>8}{'p90':>8}"
-          f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'gen cpu':>9}{'other':>7}{'err':>5}")
+          f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'faults':>8}{'gen cpu':>9}"
+          f"{'other':>7}{'err':>5}")
 
 
 def add_ratios(model: dict[str, Any], reference: str) -> None:
@@ -58,7 +59,8 @@ def _number(value: float | None, digits: int) -> str:
 
 
 # Column widths of the text table: variant, transport, then right-aligned figures, errors.
-_TEXT_WIDTHS = ("<11", "<10", ">5", ">9", ">8", ">8", ">8", ">9", ">7", ">9", ">9", ">7", ">5")
+_TEXT_WIDTHS = ("<11", "<10", ">5", ">9", ">8", ">8", ">8", ">9", ">7", ">9", ">8", ">9", ">7",
+                ">5")
 
 
 def _run_cells(run: dict[str, Any]) -> list[str]:
@@ -66,7 +68,9 @@ def _run_cells(run: dict[str, Any]) -> list[str]:
     return [run["transport"], str(run["concurrency"]), f"{run['throughput']:.1f}",
             _number(run["p50_ms"], 1), _number(run["p90_ms"], 1), _number(run["p99_ms"], 1),
             _number(run["vs_inprocess"], 2), _number(run["vs_reference"], 2),
-            f"{run['server_cpu_ms_per_request']:.2f}", f"{run['loadgen_cpu_ms_per_request']:.2f}",
+            f"{run['server_cpu_ms_per_request']:.2f}",
+            _number(run.get("server_page_faults_per_request"), 0),
+            f"{run['loadgen_cpu_ms_per_request']:.2f}",
             f"{run.get('other_cores_busy', 0.0):.2f}"]
 
 
@@ -79,10 +83,12 @@ def table(results: dict[str, Any]) -> str:
             best = " <- limit" if limit and strategy["strategy"] == limit["strategy"] else ""
             lines.append(f"in-process {strategy['strategy']:<7} {strategy['throughput']:8.1f} "
                          f"img/s  p50 {strategy['p50_ms']:6.1f}  p99 {strategy['p99_ms']:6.1f} ms"
-                         f"  cpu {strategy['cpu_ms_per_image']:5.1f} ms/img  "
+                         f"  cpu {strategy['cpu_ms_per_image']:5.1f} ms/img  faults "
+                         f"{strategy.get('page_faults_per_image', 0):.0f}/img  "
                          f"rss {strategy['rss_mb_per_process']:.0f} MB/process{best}")
-        lines.append("times in ms; cpu = CPU ms per request (server / load generator); other = "
-                     "cores busy with other programs during the run")
+        lines.append("times in ms; cpu = CPU ms per request (server / load generator); faults = "
+                     "server page faults per request; other = cores busy with other programs "
+                     "during the run")
         lines.append(HEADER)
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
@@ -111,17 +117,18 @@ def markdown(results: dict[str, Any]) -> str:
     """The same figures as `table`, as Markdown (what docs/benchmarks.md quotes)."""
     lines = []
     for name, model in results["models"].items():
-        lines += [f"### {name}", "", "| in-process | img/s | p50 ms | p99 ms | CPU ms/img |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"### {name}", "", "| in-process | img/s | p50 ms | p99 ms | CPU ms/img | "
+                                     "page faults/img |", "|---|---:|---:|---:|---:|---:|"]
         limit = model["inprocess_limit"]
         for s in model["inprocess"]:
             mark = " (limit)" if limit and s["strategy"] == limit["strategy"] else ""
             lines.append(f"| {s['strategy']}{mark} | {s['throughput']:.1f} | {s['p50_ms']:.1f} "
-                         f"| {s['p99_ms']:.1f} | {s['cpu_ms_per_image']:.1f} |")
+                         f"| {s['p99_ms']:.1f} | {s['cpu_ms_per_image']:.1f} "
+                         f"| {s.get('page_faults_per_image', 0):.0f} |")
         lines += ["", "| variant | transport | clients | req/s | p50 ms | p90 ms | p99 ms | "
-                      "x in-process | x reference | server CPU ms/req | load gen CPU ms/req | "
-                      "other cores busy |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "x in-process | x reference | server CPU ms/req | server page faults/req | "
+                      "load gen CPU ms/req | other cores busy |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for variant_name, variant in model["variants"].items():
             for run in variant["runs"]:
                 lines.append("| " + " | ".join([variant_name, *_run_cells(run)]) + " |")

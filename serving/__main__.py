@@ -20,6 +20,7 @@ from serving.handler import ModelHandler
 from serving.layout import ROOT, Layout, parse_port_flags, ports_for
 from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
                              process_alive, running_records, stop_record, wait_ready)
+from serving.memory import reuse_freed_memory
 from serving.options import resolve_options
 from serving.supervisor import run_supervisor, supervisor_pid
 
@@ -37,7 +38,8 @@ Ports: --port NAME=HTTP:RPC, else env SERVING_<NAME>_HTTP_PORT / SERVING_<NAME>_
 models/<name>/model.yml. Each HTTP port also serves GET /health/live, /health/ready, /metrics.
 Runtime keys: config.yml ones (worker_num, is_thread_op, concurrency, thread_num, ir_optim,
 use_mkldnn, mem_optim) and service ones (http_front project|upstream, host, drain_timeout_s,
-max_inflight, max_body_bytes, max_images, max_image_bytes, max_image_pixels).
+max_inflight, reuse_freed_memory, max_body_bytes, max_images, max_image_bytes,
+max_image_pixels).
 Files: build/serving/<name>/config.yml (rendered), build/logs/<name>.log,
 build/logs/supervisor.log, build/run/<name>.json, build/run/supervisor.pid.
 """
@@ -189,6 +191,8 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     os.environ.setdefault("SERVING_LOG_PATH", str(workdir))
     log.info("serving %s on http %d / rpc %d (front %s, host %s) with %s", spec.name, ports.http,
              ports.rpc, options.http_front, options.host, config)
+    if options.reuse_freed_memory and reuse_freed_memory():
+        log.info("heap: freed buffers stay mapped for reuse (runtime reuse_freed_memory)")
     handler = ModelHandler(spec, serving_server, options.limits)
     # The pipeline is imported only now: after SERVING_LOG_PATH is set.
     from serving.service import build_servicer, run_upstream

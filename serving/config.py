@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from serving.model_spec import ModelSpec
-from serving.options import SERVICE_DEFAULTS
+from serving.options import SERVICE_DEFAULTS, parse_bool
 
 AUTO = "auto"
 # Tuned by measurement on the 2-core target machine (docs/benchmarks.md, `python -m bench`).
@@ -84,11 +84,7 @@ def resolve_runtime(spec: ModelSpec, serving_server: Path,
 
 def _coerce(name: str, value: Any, kind: str) -> Any:
     if kind == "bool":
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"runtime {name}: expected true/false, got {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
+        return parse_bool(name, value)
     number = int(value)
     if number < 1:
         raise ValueError(f"runtime {name}: must be >= 1, got {value!r}")
