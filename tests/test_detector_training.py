@@ -71,36 +71,3 @@ def test_training_transforms_keep_lamp_colours(dataset_root: Path) -> None:
         drawn = cv2.cvtColor(cv2.imread(dataset.roidbs[index]["im_file"]), cv2.COLOR_BGR2RGB)
         drawn = cv2.resize(drawn, (320, 320), interpolation=cv2.INTER_CUBIC)
         assert np.abs(seen - drawn).mean() < 1.0
-
-
-def mean_inside(image: np.ndarray, box: tuple[float, ...] | np.ndarray) -> float:
-    left, top, right, bottom = np.round(box).astype(int)
-    return float(image[top:bottom + 1, left:right + 1].mean())
-
-
-def test_lamp_epochs_train_on_the_lit_lamp_then_on_the_housing(dataset_root: Path) -> None:
-    dataset = detector.CurriculumVOCDataSet(
-        dataset_dir=str(dataset_root), anno_path="train.txt", lamp_epochs=1,
-        label_list="label_list.txt", data_fields=["image", "gt_bbox", "gt_class"])
-    lamp_records, housing_records = dataset.records_for_epoch(0), dataset.records_for_epoch(1)
-    lit = 0
-    for lamps, housings in zip(lamp_records, housing_records, strict=True):
-        image = cv2.cvtColor(cv2.imread(lamps["im_file"]), cv2.COLOR_BGR2RGB).astype(np.float32)
-        for lamp, housing, class_id in zip(lamps["gt_bbox"], housings["gt_bbox"],
-                                           housings["gt_class"][:, 0], strict=True):
-            label = data.LABELS[class_id]
-            if label == "off":
-                np.testing.assert_array_equal(lamp, housing)
-                continue
-            lit += 1
-            x1, y1, x2, y2 = lamp
-            assert housing[0] <= x1 < x2 <= housing[2] + 1 and housing[1] <= y1 < y2 <= housing[3]
-            assert abs((x2 - x1) - (y2 - y1)) < 1e-3  # a square around a round lamp
-            # The housing's thirds, top to bottom: the lamp box sits in the brightest one.
-            third = (housing[3] - housing[1]) / 3
-            thirds = [(housing[0], housing[1] + i * third, housing[2], housing[1] + (i + 1) * third)
-                      for i in range(3)]
-            lit_third = int(np.argmax([mean_inside(image, box) for box in thirds]))
-            assert lit_third == data.LIT_LAMPS[label][0], label
-            assert thirds[lit_third][1] - 1 <= y1 and y2 <= thirds[lit_third][3] + 1
-    assert lit > 0

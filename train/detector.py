@@ -19,13 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import paddle
 from paddle.base import core
 from ppdet.core.workspace import create, load_config
-from ppdet.data import source, transform
+from ppdet.data import source
 from ppdet.data.source.voc import VOCDataSet
-from ppdet.data.transform.operators import RandomFlip
 from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
 
@@ -39,15 +37,7 @@ OBJECTNESS_PRIOR = 0.01  # most anchors see background: start the objectness the
 
 
 class CurriculumVOCDataSet(VOCDataSet):
-    """VOCDataSet with a curriculum: `easy_anno_path` for the first `easy_epochs` epochs, then
-    `anno_path`; and for the first `lamp_epochs` epochs every light's box is replaced by the box
-    of its lit lamp (an "off" light keeps its housing).
-
-    Why the lamp epochs: the class of a light is the shape of its lit lamp, a third of the housing
-    away from the box centre that YOLO predicts from. Trained on housings alone, the features at
-    the lamp never learned the arrow's direction (a linear probe on them told Left from Right
-    59% of the time, on the raw 12 x 12 lamp pixels 100%), so Left and Right scored alike. Lamp
-    boxes put the class loss on the lamp itself first.
+    """VOCDataSet that serves `easy_anno_path` for the first `easy_epochs` epochs, then `anno_path`.
 
     Both lists should hold the same number of images: the batch sampler is sized once.
     ppdet's loader (ppdet/data/reader.py:212-217) starts the next epoch's worker processes, each
@@ -56,7 +46,7 @@ class CurriculumVOCDataSet(VOCDataSet):
     """
 
     def __init__(self, dataset_dir: str | None = None, anno_path: str | None = None,
-                 easy_anno_path: str | None = None, easy_epochs: int = 0, lamp_epochs: int = 0,
+                 easy_anno_path: str | None = None, easy_epochs: int = 0,
                  label_list: str | None = None, data_fields: list[str] | None = None,
                  **kwargs: object) -> None:
         super().__init__(dataset_dir=dataset_dir, anno_path=anno_path, label_list=label_list,
@@ -64,33 +54,18 @@ class CurriculumVOCDataSet(VOCDataSet):
         self.hard_anno_path = anno_path
         self.easy_anno_path = easy_anno_path
         self.easy_epochs = easy_epochs
-        self.lamp_epochs = lamp_epochs
-        self._records: dict[tuple[str, bool], list[dict]] = {}
+        self._records: dict[str, list[dict]] = {}
 
-    def _records_of(self, anno_path: str, lamps: bool) -> list[dict]:
-        if (anno_path, False) not in self._records:
+    def _records_of(self, anno_path: str) -> list[dict]:
+        if anno_path not in self._records:
             self.anno_path = anno_path
             super().parse_dataset()
-            self._records[anno_path, False] = self.roidbs
-        if lamps and (anno_path, True) not in self._records:
-            self._records[anno_path, True] = [self._with_lamp_boxes(record)
-                                              for record in self._records[anno_path, False]]
-        return self._records[anno_path, lamps]
-
-    def _with_lamp_boxes(self, record: dict) -> dict:
-        labels = {class_id: name for name, class_id in self.cname2cid.items()}
-        boxes = record["gt_bbox"].copy()
-        for row, (box, class_id) in enumerate(zip(record["gt_bbox"], record["gt_class"][:, 0],
-                                                  strict=True)):
-            lamp = traffic_light_data.lit_lamp_box(labels[int(class_id)], tuple(box))
-            if lamp is not None:
-                boxes[row] = lamp
-        return {**record, "gt_bbox": boxes}
+            self._records[anno_path] = self.roidbs
+        return self._records[anno_path]
 
     def records_for_epoch(self, epoch_id: int) -> list[dict]:
         easy = self.easy_anno_path and epoch_id < self.easy_epochs
-        return self._records_of(self.easy_anno_path if easy else self.hard_anno_path,
-                                lamps=epoch_id < self.lamp_epochs)
+        return self._records_of(self.easy_anno_path if easy else self.hard_anno_path)
 
     def parse_dataset(self) -> None:  # before the first epoch's workers start
         self.roidbs = self.records_for_epoch(0)
@@ -102,36 +77,6 @@ class CurriculumVOCDataSet(VOCDataSet):
 
 # ppdet's TrainDataset looks dataset classes up by name in ppdet.data.source (dataset.py:279)
 source.CurriculumVOCDataSet = CurriculumVOCDataSet
-
-
-class MirrorLights(RandomFlip):
-    """Mirrors a sample left-right with probability `prob` and swaps each pair of class ids in
-    `swap_class_ids` (a mirrored left arrow points right). ppdet's RandomFlip keeps the classes,
-    which would teach Left and Right as one class."""
-
-    def __init__(self, prob: float = 0.5, swap_class_ids: list[list[int]] | None = None) -> None:
-        super().__init__(prob=1.0)  # the parent always flips; this op decides when
-        self.mirror_prob = prob
-        self.swap_class_ids = [tuple(pair) for pair in swap_class_ids or []]
-
-    def swapped(self, gt_class: np.ndarray) -> np.ndarray:
-        mirrored = gt_class.copy()
-        for left, right in self.swap_class_ids:
-            mirrored[gt_class == left] = right
-            mirrored[gt_class == right] = left
-        return mirrored
-
-    def apply(self, sample: dict, context: object = None) -> dict:
-        if np.random.uniform(0, 1) >= self.mirror_prob:
-            return sample
-        sample = super().apply(sample, context)
-        if "gt_class" in sample:
-            sample["gt_class"] = self.swapped(sample["gt_class"])
-        return sample
-
-
-# ppdet's readers look transforms up by name in ppdet.data.transform (reader.py:48)
-transform.MirrorLights = MirrorLights
 
 
 class LearningCurve(Callback):
