@@ -99,20 +99,31 @@ def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads:
         config = layout.config_file(name).read_text(encoding="utf-8")
         time.sleep(1.0)  # let start-up work settle before the idle reading
         idle = procstats.sample_group(service.pgid)
-        runs, peak = [], idle
-        for transport in args.transports.split(","):
-            for concurrency in (int(c) for c in args.concurrency.split(",")):
+        runs, peak, stopped = [], idle, None
+        for transport, concurrency in served_runs(args):
+            try:
                 run, run_peak = measure_served(args, service, payloads, transport, concurrency)
-                runs.append(run)
-                peak = max(peak, run_peak, key=lambda sample: sample.rss_mb)
-                log.info("[%s] %s c=%d: %.1f req/s, p50 %s ms, p99 %s ms, %d errors",
-                         name, transport, concurrency, run["throughput"], run["p50_ms"],
-                         run["p99_ms"], run["errors"])
+            except OSError as error:  # the service stopped accepting connections
+                stopped = (f"{transport} at {concurrency} clients: {type(error).__name__}: "
+                           f"{error} (log: {service.log})")
+                log.error("[%s] variant stopped answering, %s", name, stopped)
+                break
+            runs.append(run)
+            peak = max(peak, run_peak, key=lambda sample: sample.rss_mb)
+            log.info("[%s] %s c=%d: %.1f req/s, p50 %s ms, p99 %s ms, %d errors",
+                     name, transport, concurrency, run["throughput"], run["p50_ms"],
+                     run["p99_ms"], run["errors"])
     finally:
         services.stop(layout.models_dir, layout.build_dir, service)
     return {"runtime": runtime, "resolved_runtime": resolved_runtime(config),
             "config_yml": config, "memory_idle": vars(idle), "memory_peak": vars(peak),
-            "runs": runs}
+            "runs": runs, "stopped_answering": stopped}
+
+
+def served_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(transport, concurrency) in the order they are measured."""
+    return [(transport, int(concurrency)) for transport in args.transports.split(",")
+            for concurrency in args.concurrency.split(",")]
 
 
 def resolved_runtime(config_yml: str) -> dict[str, str]:

@@ -100,6 +100,10 @@ def table(results: dict[str, Any]) -> str:
         for variant_name, failure in model.get("failed_variants", {}).items():
             lines.append(f"variant {variant_name} FAILED: {failure['error'][:300]}")
         for variant_name, variant in model["variants"].items():
+            if variant.get("stopped_answering"):
+                lines.append(f"variant {variant_name} STOPPED ANSWERING, later runs missing: "
+                             f"{variant['stopped_answering'][:300]}")
+        for variant_name, variant in model["variants"].items():
             overheads = ", ".join(f"{transport} {ms:+.1f} ms" for transport, ms
                                   in variant.get("p50_overhead_ms", {}).items())
             if overheads:

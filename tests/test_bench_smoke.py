@@ -5,12 +5,14 @@ variant, transport and concurrency. The figures themselves are not asserted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from service_helpers import QUIET_ENV, ROOT
+from service_helpers import QUIET_ENV, ROOT, save_tiny_models
 
 from bench.inprocess import Strategy
 from bench.loadgen import parse_http_response
@@ -70,3 +72,33 @@ def test_bench_smoke_writes_table_json_and_plot(tmp_path: Path) -> None:
                 assert run["requests"] > 0 and run["vs_reference"] is not None
             assert variant["memory_idle"]["rss_mb"] > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.service
+def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream's reference gateway has stopped accepting connections mid-run under 32 clients:
+    the runs measured so far are kept and the failure is reported, the benchmark goes on."""
+    import bench.__main__ as bench_main
+    from bench.payloads import encode_payloads, validation_images
+    from serving.layout import Layout
+
+    save_tiny_models(tmp_path / "models")
+    layout = Layout(tmp_path / "models", tmp_path / "build")
+    args = bench_main._parser().parse_args(
+        ["--out", str(tmp_path / "out"), "--transports", "http", "--concurrency", "1,2",
+         "--duration", "0.5", "--warmup", "0.2"])
+    measure = bench_main.measure_served
+
+    def measure_then_kill(args, service, *rest):  # type: ignore[no-untyped-def]
+        figures = measure(args, service, *rest)
+        os.killpg(service.pgid, signal.SIGKILL)
+        return figures
+
+    monkeypatch.setattr(bench_main, "measure_served", measure_then_kill)
+    payloads = encode_payloads(validation_images("classification", 2))
+    variant = bench_main.bench_variant(args, layout, "peach", payloads, {})
+    assert [(run["transport"], run["concurrency"]) for run in variant["runs"]] == [("http", 1)]
+    assert variant["stopped_answering"].startswith("http at 2 clients: ConnectionRefusedError")
+    report_model = {"inprocess": [], "inprocess_limit": None, "variants": {"project": variant}}
+    assert "STOPPED ANSWERING" in bench_main.report.table({"models": {"peach": report_model}})

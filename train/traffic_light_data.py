@@ -127,6 +127,17 @@ def _draw_decoys(rng: np.random.Generator, image: np.ndarray, count: int, radius
                    cv2.LINE_AA)
 
 
+LAMP_RADIUS = 0.36  # of the housing width
+
+
+def lamp_circle(box: tuple[float, float, float, float], position: int
+                ) -> tuple[float, float, float]:
+    """(cx, cy, radius) of lamp `position` (0 top ... 2 bottom) in a housing box (inclusive)."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1 + 1, y2 - y1 + 1
+    return x1 + width / 2, y1 + height * (2 * position + 1) / 6, LAMP_RADIUS * width
+
+
 def _arrow_polygon(cx: float, cy: float, r: float, direction: str) -> np.ndarray:
     sign = -1.0 if direction == "left" else 1.0
     points = [(0.85, 0.0), (0.05, 0.62), (0.05, 0.22), (-0.75, 0.22),
@@ -136,7 +147,7 @@ def _arrow_polygon(cx: float, cy: float, r: float, direction: str) -> np.ndarray
 
 def _draw_light(rng: np.random.Generator, image: np.ndarray, light: Light) -> None:
     x1, y1, x2, y2 = light.box
-    width, height = x2 - x1 + 1, y2 - y1 + 1
+    width = x2 - x1 + 1
     housing = rng.uniform(15, 60) * rng.uniform(0.8, 1.2, 3)
     if rng.random() < 0.3:  # a pole above or below the housing
         pole_x = (x1 + x2) // 2
@@ -146,11 +157,10 @@ def _draw_light(rng: np.random.Generator, image: np.ndarray, light: Light) -> No
     cv2.rectangle(image, (x1, y1), (x2, y2), housing.tolist(), -1)
     border = rng.uniform(0, 90, 3).tolist()
     cv2.rectangle(image, (x1, y1), (x2, y2), border, max(1, width // 14))
-    radius = 0.36 * width
     lit = LIT_LAMPS.get(light.label)
     brightness = rng.uniform(0.75, 1.0)
     for position in range(3):
-        cx, cy = x1 + width / 2, y1 + height * (2 * position + 1) / 6
+        cx, cy, radius = lamp_circle(light.box, position)
         colour = LAMP_COLOURS[position]
         unlit = (colour * rng.uniform(0.12, 0.3) + housing * 0.3).tolist()
         centre = (round(cx), round(cy))
@@ -198,7 +208,7 @@ def render_scene(rng: np.random.Generator,
     image = _background(rng, width, height)
     _draw_clutter(rng, image, int(rng.integers(difficulty.clutter[0], difficulty.clutter[1] + 1)))
     lights = _place_lights(rng, width, height, difficulty)
-    decoy_radius = 0.36 * np.mean(difficulty.width_px) * width / NETWORK_SIZE
+    decoy_radius = LAMP_RADIUS * np.mean(difficulty.width_px) * width / NETWORK_SIZE
     _draw_decoys(rng, image, int(rng.integers(difficulty.decoys[0], difficulty.decoys[1] + 1)),
                  decoy_radius)
     for light in lights:
