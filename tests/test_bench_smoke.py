@@ -101,4 +101,5 @@ def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
     assert [(run["transport"], run["concurrency"]) for run in variant["runs"]] == [("http", 1)]
     assert variant["stopped_answering"].startswith("http at 2 clients: ConnectionRefusedError")
     report_model = {"inprocess": [], "inprocess_limit": None, "variants": {"project": variant}}
+    bench_main.report.add_ratios(report_model, "reference")
     assert "STOPPED ANSWERING" in bench_main.report.table({"models": {"peach": report_model}})
