@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from serving.config import parse_overrides, resolve_runtime
+from serving.memory import reuse_freed_memory
 from serving.model_spec import ModelSpec
+from serving.options import resolve_options
 from serving.protocol import request_items
 
 _STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")
@@ -113,6 +115,8 @@ def worker(args: argparse.Namespace) -> None:
     spec = ModelSpec.load(args.model_dir)
     overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
     runtime = resolve_runtime(spec, args.serving_server, overrides)
+    if resolve_options(spec.runtime, overrides).reuse_freed_memory:
+        reuse_freed_memory()  # the same heap settings as the service (batches fault too)
     handler = ModelHandler(spec, args.serving_server).load()
     predictor = InProcessPredictor(args.serving_server, spec.fetches, runtime)
     jpegs = json.loads(args.images.read_text())["jpegs_hex"]
