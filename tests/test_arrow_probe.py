@@ -20,8 +20,8 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_lamp_pixels_tell_left_from_right_and_features_are_probed_per_level(
         scenes: Path) -> None:
     paddle.seed(0)
-    model = arrow_probe.load_model(detector.DEFAULT_CONFIG, weights=None)  # untrained
-    accuracies = arrow_probe.probe(model, scenes, "valid.txt", scenes=60)
+    model, preprocessor = arrow_probe.load_checkpoint(detector.DEFAULT_CONFIG, weights=None)
+    accuracies = arrow_probe.probe(model, preprocessor, scenes, "valid.txt", scenes=60)
     # The crop must sit on the lit lamp: anywhere else Left and Right look alike (~0.5).
     assert accuracies["raw lamp pixels"] >= 0.9
     levels = {"backbone/8", "backbone/16", "backbone/32", "neck/8", "neck/16", "neck/32"}
@@ -31,6 +31,6 @@ def test_lamp_pixels_tell_left_from_right_and_features_are_probed_per_level(
 
 
 def test_too_few_arrows_is_an_error_that_says_so(scenes: Path) -> None:
-    model = arrow_probe.load_model(detector.DEFAULT_CONFIG, weights=None)
+    model, preprocessor = arrow_probe.load_checkpoint(detector.DEFAULT_CONFIG, weights=None)
     with pytest.raises(ValueError, match="too few arrow lights"):
-        arrow_probe.probe(model, scenes, "valid.txt", scenes=1)
+        arrow_probe.probe(model, preprocessor, scenes, "valid.txt", scenes=1)

@@ -26,27 +26,33 @@ from ppdet.core.workspace import create, load_config
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
+from serving.preprocess import Preprocessor
 from train import traffic_light_data as data
 
-SIZE = data.NETWORK_SIZE
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)  # the detector's NormalizeImage
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 CROP_PX = 12
+Light = tuple[bool, tuple[float, float], tuple[float, float], float]
 
 
-def arrow_scenes(root: Path, list_file: str, scenes: int
-                 ) -> Iterator[tuple[np.ndarray, list[tuple[bool, tuple[float, float],
-                                                          tuple[float, float], float]]]]:
-    """(RGB scene resized to the network input, [(is_left, lamp xy, centre xy, lamp radius)])
-    for each scene with at least one arrow light; coordinates at the network input."""
+def input_preprocessor(cfg: dict) -> Preprocessor:
+    """The checkpoint's own TestReader steps (what its export writes to infer_cfg.yml), run by
+    the services' preprocessing code."""
+    steps = [{"type": name, **(params or {})} for step in cfg["TestReader"]["sample_transforms"]
+             for name, params in step.items() if name != "Decode"]
+    return Preprocessor(steps)
+
+
+def arrow_scenes(root: Path, list_file: str, scenes: int, preprocessor: Preprocessor
+                 ) -> Iterator[tuple[np.ndarray, list[Light]]]:
+    """(network input CHW, [(is_left, lamp xy, centre xy, lamp radius)]) for each scene with at
+    least one arrow light; coordinates at the network input."""
     for line in (root / list_file).read_text().splitlines()[:scenes]:
         image_file, xml_file = line.split()
         arrows = [light for light in data.read_voc_xml(root / xml_file)
                   if light.label.endswith(("Left", "Right"))]
         if not arrows:
             continue
-        image = cv2.cvtColor(cv2.imread(str(root / image_file)), cv2.COLOR_BGR2RGB)
-        scale_y, scale_x = SIZE / image.shape[0], SIZE / image.shape[1]
+        sample = preprocessor((root / image_file).read_bytes())
+        scale_y, scale_x = sample.scale_factor
         lights = []
         for light in arrows:
             x1, y1, x2, y2 = light.box
@@ -54,32 +60,32 @@ def arrow_scenes(root: Path, list_file: str, scenes: int
             lights.append((light.label.endswith("Left"), (lamp_x * scale_x, lamp_y * scale_y),
                            ((x1 + x2 + 1) / 2 * scale_x, (y1 + y2 + 1) / 2 * scale_y),
                            radius * scale_x))
-        yield cv2.resize(image, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC), lights
+        yield sample.image, lights
 
 
 def raw_lamp(image: np.ndarray, lamp: tuple[float, float], radius: float) -> np.ndarray:
+    """The lamp's grey pixels (channel mean of the network input), resized to CROP_PX square."""
     half = radius * 1.25
     x, y = lamp
-    crop = image[max(0, round(y - half)):round(y + half) + 1,
-                 max(0, round(x - half)):round(x + half) + 1].mean(axis=2)
+    crop = image[:, max(0, round(y - half)):round(y + half) + 1,
+                 max(0, round(x - half)):round(x + half) + 1].mean(axis=0)
     return cv2.resize(crop.astype(np.float32), (CROP_PX, CROP_PX),
                       interpolation=cv2.INTER_AREA).ravel()
 
 
 def feature_maps(model: paddle.nn.Layer, image: np.ndarray) -> dict[str, np.ndarray]:
     """Backbone and neck outputs (CHW) named by level and stride."""
-    tensor = paddle.to_tensor(((image / 255 - MEAN) / STD).transpose(2, 0, 1)[None]
-                              .astype(np.float32))
     with paddle.no_grad():
-        backbone = model.backbone({"image": tensor})
+        backbone = model.backbone({"image": paddle.to_tensor(image[None].astype(np.float32))})
         neck = model.neck(backbone)
-    maps = {f"backbone/{SIZE // out.shape[2]}": out.numpy()[0] for out in backbone}
-    maps.update({f"neck/{SIZE // out.shape[2]}": out.numpy()[0] for out in neck})
+    height = image.shape[1]
+    maps = {f"backbone/{height // out.shape[2]}": out.numpy()[0] for out in backbone}
+    maps.update({f"neck/{height // out.shape[2]}": out.numpy()[0] for out in neck})
     return maps
 
 
-def at(feature: np.ndarray, point: tuple[float, float]) -> np.ndarray:
-    stride = SIZE / feature.shape[1]
+def at(feature: np.ndarray, point: tuple[float, float], input_height: int) -> np.ndarray:
+    stride = input_height / feature.shape[1]
     row = min(feature.shape[1] - 1, int(point[1] / stride))
     column = min(feature.shape[2] - 1, int(point[0] / stride))
     return feature[:, row, column]
@@ -92,31 +98,35 @@ def probe_accuracy(vectors: list[np.ndarray], is_left: list[bool]) -> float:
     return float(cross_val_score(classifier, features, np.array(is_left), cv=4).mean())
 
 
-def probe(model: paddle.nn.Layer, root: Path, list_file: str, scenes: int) -> dict[str, float]:
+def probe(model: paddle.nn.Layer, preprocessor: Preprocessor, root: Path, list_file: str,
+          scenes: int) -> dict[str, float]:
     """Left/Right accuracy per input: "raw lamp pixels", "<level>/<stride> @ lamp|centre"."""
     vectors: dict[str, list[np.ndarray]] = {}
     is_left: list[bool] = []
-    for image, lights in arrow_scenes(root, list_file, scenes):
+    for image, lights in arrow_scenes(root, list_file, scenes, preprocessor):
         maps = feature_maps(model, image)
         for left, lamp, centre, radius in lights:
             is_left.append(left)
             vectors.setdefault("raw lamp pixels", []).append(raw_lamp(image, lamp, radius))
             for name, feature in maps.items():
-                vectors.setdefault(f"{name} @ lamp", []).append(at(feature, lamp))
-                vectors.setdefault(f"{name} @ centre", []).append(at(feature, centre))
+                for where, point in (("lamp", lamp), ("centre", centre)):
+                    vectors.setdefault(f"{name} @ {where}", []).append(
+                        at(feature, point, image.shape[1]))
     if min(sum(is_left), len(is_left) - sum(is_left)) < 4:
         raise ValueError(f"too few arrow lights in the first {scenes} scenes of {list_file}: "
                          f"{len(is_left)}; use more scenes")
     return {name: probe_accuracy(found, is_left) for name, found in vectors.items()}
 
 
-def load_model(config: Path, weights: Path | None) -> paddle.nn.Layer:
-    load_config(str(config))
+def load_checkpoint(config: Path, weights: Path | None
+                    ) -> tuple[paddle.nn.Layer, Preprocessor]:
+    """The model (random weights when `weights` is None) and its input preprocessing."""
+    cfg = load_config(str(config))
     model = create("YOLOv3")
     if weights is not None:
         model.set_state_dict(paddle.load(str(weights)))
     model.eval()
-    return model
+    return model, input_preprocessor(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     core.set_num_threads(1)
     paddle.set_device("cpu")
-    accuracies = probe(load_model(args.config, args.weights), args.data_dir, args.list,
-                       args.scenes)
+    model, preprocessor = load_checkpoint(args.config, args.weights)
+    accuracies = probe(model, preprocessor, args.data_dir, args.list, args.scenes)
     for name, accuracy in sorted(accuracies.items()):
         print(f"{name:28s} Left/Right accuracy {accuracy:.3f}")
     return 0
