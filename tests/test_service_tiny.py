@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from service_helpers import (
     save_tiny_models,
 )
 
+from bench.loadgen import parse_http_response
 from serving.manager import INPUTS_FILE, free_ports
 from serving.protocol import decode_results, http_url, post_http, request_items
 
@@ -136,6 +138,25 @@ def test_bad_payload_is_an_error_and_the_service_keeps_serving(
                      else _rpc_raw(services, name, {"image": value}))
             assert reply["err_no"] != 0 and message in reply["err_msg"]
         assert _results(_http(services, name, [images[0].read_bytes()]))["image"]
+
+
+def test_expect_100_continue_gets_its_interim_answer_before_the_body(
+        services: Services, images: list[Path]) -> None:
+    """curl sends `Expect: 100-continue` with large bodies and holds the body until it is told
+    to continue (or a second has passed)."""
+    items = request_items([images[0].read_bytes()])
+    body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
+    head = (f"POST /peach/prediction HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", services.ports["peach"][0]), timeout=5) as sock:
+        sock.sendall(head.encode())
+        assert sock.recv(1 << 10).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        received = bytearray()
+        while (reply := parse_http_response(received)) is None:
+            received += sock.recv(1 << 16)
+    status, answer = reply
+    assert status == 200 and json.loads(answer)["err_no"] == 0
 
 
 def _rpc_raw(services: Services, name: str, items: dict[str, str]) -> dict:
