@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from export import ChecksumError, verify_checksums
+from serving.balance import SharedListener, WorkerSlot
 from serving.config import parse_overrides, render_config, resolve_runtime, write_config
 from serving.errors import markdown_table
 from serving.handler import ModelHandler
@@ -207,13 +208,20 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
 
     workers = runtime.worker_num if runtime.build_dag_each_worker else 1
 
-    def serve_one() -> int:
+    def serve_one(http_slot: WorkerSlot | None = None) -> int:
         # With several workers the fronts open once the model is loaded, so the kernel never
         # hands a connection to a worker that would answer 503 while the others are ready.
         return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
-                     ports.http, ports.rpc, forks=not runtime.is_thread_op or workers > 1)
+                     ports.http, ports.rpc, forks=not runtime.is_thread_op or workers > 1,
+                     http_slot=http_slot)
 
-    return serve_workers(workers, serve_one) if workers > 1 else serve_one()
+    if workers == 1:
+        return serve_one()
+    # Process ops would fork with the shared socket open, and a killed worker's op processes
+    # would keep the port: they get SO_REUSEPORT, bound after their forks, instead.
+    listener = (SharedListener((options.host, ports.http), workers) if runtime.is_thread_op
+                else None)
+    return serve_workers(workers, serve_one, listener)
 
 
 def supervise(layout: Layout, args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import socketserver
 import tempfile
 import threading
@@ -35,6 +36,7 @@ import grpc
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
 
 from serving import errors
+from serving.balance import BACKLOG, SharedListener, WorkerSlot
 from serving.errors import BY_NAME
 from serving.handler import STAGES_KEY
 from serving.metrics import (
@@ -297,13 +299,35 @@ class _GrpcServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_port = True  # worker processes share the port (serve_workers)
+    allow_reuse_port = True  # worker processes share the port (serve_workers without a slot)
     block_on_close = False
-    request_queue_size = 128
+    request_queue_size = BACKLOG
 
-    def __init__(self, address: tuple[str, int], host: ServiceHost):
+    def __init__(self, address: tuple[str, int], host: ServiceHost, slot: WorkerSlot | None):
+        """slot: this worker's part of a listening socket shared by the workers (serve_workers);
+        without one the server binds its own."""
         self.host = host
-        super().__init__(address, _HttpHandler)
+        self.slot = slot
+        super().__init__(address, _HttpHandler, bind_and_activate=slot is None)
+        if slot is not None:
+            self.socket.close()
+            self.socket = slot.socket
+            slot.start()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        if self.slot is not None:
+            self.slot.wait_for_turn()
+        return super().get_request()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.slot is not None:
+            self.slot.opened()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:  # after the connection's last request
+        super().shutdown_request(request)
+        if self.slot is not None:
+            self.slot.closed()
 
 
 class _HttpHandler(BaseHTTPRequestHandler):
@@ -442,7 +466,8 @@ def _parse_body(body: bytes, service: str) -> pipeline_service_pb2.Request:
 
 
 def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptions,
-          http_port: int, rpc_port: int, forks: bool) -> int:
+          http_port: int, rpc_port: int, forks: bool, http_slot: WorkerSlot | None = None
+          ) -> int:
     """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit status.
 
     forks: the pipeline starts process ops (is_thread_op false). Their DAG must then be built
@@ -452,7 +477,7 @@ def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptio
     open first and answer 503 during the load.
     """
     host = ServiceHost(service, options)
-    fronts = None if forks else _open_fronts(host, http_port, rpc_port)
+    fronts = None if forks else _open_fronts(host, http_port, rpc_port, http_slot)
     threads_before = set(threading.enumerate())
     servicer = build_servicer()
     host.attach(servicer, [t for t in threading.enumerate() if t not in threads_before]
@@ -460,17 +485,19 @@ def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptio
     stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    grpc_server, http_server = fronts or _open_fronts(host, http_port, rpc_port)
+    grpc_server, http_server = fronts or _open_fronts(host, http_port, rpc_port, http_slot)
     if host.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
         log.info("%s: ready", service)
     stop.wait()
     return _shutdown(host, grpc_server, http_server)
 
 
-def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
+def serve_workers(workers: int, serve_one: Callable[[WorkerSlot | None], int],
+                  http_listener: SharedListener | None = None) -> int:
     """Run `serve_one` (a whole service: both fronts + its own pipeline) in `workers` forked
-    processes sharing both ports (SO_REUSEPORT: the kernel spreads connections over them), as
-    upstream's build_dag_each_worker does for its gRPC port.
+    processes sharing both ports: the gRPC port with SO_REUSEPORT (the kernel spreads
+    connections over them, as upstream's build_dag_each_worker does), the HTTP port through
+    `http_listener` (serving.balance: the least busy worker accepts) or, without one, like gRPC.
 
     Why: Paddle Inference holds the GIL for the whole predictor.run, so one process predicts on
     one core at a time and its fronts stall meanwhile; process ops instead pay a multiprocessing
@@ -480,12 +507,14 @@ def serve_workers(workers: int, serve_one: Callable[[], int]) -> int:
     global _WORKER_METRICS_DIR
     _WORKER_METRICS_DIR = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
     children, parent = [], os.getpid()
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:
             _die_with(parent)
-            os._exit(serve_one())
+            os._exit(serve_one(http_listener and http_listener.slot(index)))
         children.append(pid)
+    if http_listener is not None:
+        http_listener.socket.close()  # the workers' copies stay: the port closes with theirs
     stopping = threading.Event()
 
     def forward(signum: int, _frame: Any) -> None:
@@ -519,7 +548,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _open_fronts(host: ServiceHost, http_port: int, rpc_port: int
+def _open_fronts(host: ServiceHost, http_port: int, rpc_port: int, http_slot: WorkerSlot | None
                  ) -> tuple[grpc.Server, _HttpServer]:
     options = host.options
     message_limit = options.limits.max_body_bytes
@@ -533,7 +562,7 @@ def _open_fronts(host: ServiceHost, http_port: int, rpc_port: int
                                                                     grpc_server)
     if grpc_server.add_insecure_port(f"{options.host}:{rpc_port}") == 0:
         raise OSError(f"cannot bind gRPC to {options.host}:{rpc_port}")
-    http_server = _HttpServer((options.host, http_port), host)
+    http_server = _HttpServer((options.host, http_port), host, http_slot)
     grpc_server.start()
     threading.Thread(target=http_server.serve_forever, name="http", daemon=True).start()
     log.info("%s: http://%s:%d (prediction, /health/live, /health/ready, /metrics), "

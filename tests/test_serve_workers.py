@@ -5,6 +5,7 @@ a killed parent, stop must leave nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -24,6 +25,7 @@ from serving.protocol import request_items
 pytestmark = pytest.mark.service
 WORKERS = 2
 CONNECTIONS = 24  # all on one worker by chance: 2 ** -23
+ROUNDS = 8
 
 
 @pytest.fixture(scope="module")
@@ -54,29 +56,57 @@ def _workers(service: Services) -> list[int]:
 
 
 def _sockets(pid: int) -> int:
-    return sum(os.readlink(fd).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we look
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def _answered_connection(service: Services) -> http.client.HTTPConnection:
+    """A keep-alive connection that has had one prediction answered (so it is accepted)."""
+    items = request_items([_jpeg()])
+    body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", service.ports["peach"][0], timeout=30)
+    connection.request("POST", "/peach/prediction", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and b'"err_no": 0' in response.read()
+    return connection
 
 
 def test_every_worker_accepts_connections_and_answers(service: Services) -> None:
     workers = _workers(service)
     assert len(workers) == WORKERS
     before = {pid: _sockets(pid) for pid in workers}
-    http_port = service.ports["peach"][0]
-    items = request_items([_jpeg()])
-    body = json.dumps({"key": list(items), "value": list(items.values())}).encode()
-    connections = [http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
-                   for _ in range(CONNECTIONS)]
+    connections = []
     try:
-        for connection in connections:
-            connection.request("POST", "/peach/prediction", body,
-                               {"Content-Type": "application/json"})
-            response = connection.getresponse()
-            assert response.status == 200 and b'"err_no": 0' in response.read()
+        for _ in range(CONNECTIONS):
+            connections.append(_answered_connection(service))
         gained = {pid: _sockets(pid) - before[pid] for pid in workers}
         assert all(count > 0 for count in gained.values()), gained
     finally:
         for connection in connections:
             connection.close()
+
+
+def test_each_new_connection_goes_to_the_least_busy_worker(service: Services) -> None:
+    """SO_REUSEPORT hashes connections to workers blind to load: two clients would share one
+    worker half of the time (all ROUNDS even by chance: 2 ** -ROUNDS)."""
+    workers = _workers(service)
+    idle = {pid: _sockets(pid) for pid in workers}
+    for _ in range(ROUNDS):
+        connections = []
+        try:
+            for _ in range(2 * WORKERS):
+                connections.append(_answered_connection(service))
+            gained = [_sockets(pid) - idle[pid] for pid in workers]
+            assert gained == [2] * WORKERS, gained
+        finally:
+            for connection in connections:
+                connection.close()
+        deadline = time.monotonic() + 10  # the workers close their ends once they read EOF
+        while {pid: _sockets(pid) for pid in workers} != idle and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_a_dead_worker_takes_the_service_down(service: Services) -> None:
