@@ -59,6 +59,18 @@ def decode_base64(key: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> byte
     if not isinstance(value, str | bytes):
         raise ServiceError("INVALID_BASE64",
                            f"{key}: expected a base64 string, got {type(value).__name__}")
+    try:  # the usual payload, one unbroken line: one C pass (the path below copies it twice)
+        check_encoded_size(key, len(value), limits)
+        data = binascii.a2b_base64(value, strict_mode=True)
+    except (ServiceError, binascii.Error, ValueError):  # size: line breaks may be what is over
+        return _decode_wrapped_base64(key, value, limits)
+    if not data:
+        raise ServiceError("EMPTY_IMAGE", f"{key}: empty value (expected base64 image bytes)")
+    return data
+
+
+def _decode_wrapped_base64(key: str, value: str | bytes, limits: Limits) -> bytes:
+    """Base64 with line breaks (MIME style), or invalid: the error says what is wrong."""
     text = value.decode("latin1") if isinstance(value, bytes) else value
     compact = "".join(text.split())
     if not compact:

@@ -14,8 +14,9 @@ import yaml
 
 from serving.config import render_config, resolve_runtime
 from serving.errors import ServiceError
-from serving.handler import ModelHandler, image_keys, stack_padded
+from serving.handler import ModelHandler, decode_base64, image_keys, stack_padded
 from serving.layout import Layout, parse_port_flags, ports_for
+from serving.limits import Limits
 from serving.model_spec import ModelSpec, ModelSpecError, read_labels
 from serving.postprocess import Detection, TopK, build_postprocessor
 
@@ -110,6 +111,22 @@ def test_image_keys_accept_both_client_shapes_in_index_order() -> None:
     assert refused.value.err_no == 5002
     with pytest.raises(ServiceError, match="3 images in one request; the limit is 2"):
         image_keys({"image_0": 1, "image_1": 1, "image_2": 1}, max_images=2)
+
+
+def test_base64_one_line_wrapped_or_bytes_decode_alike_and_size_counts_without_breaks(
+        ) -> None:
+    data = jpeg(64, 64)
+    wrapped = base64.encodebytes(data).decode()  # MIME style: a line break every 76 chars
+    assert "\n" in wrapped
+    for value in (b64(data), wrapped, b64(data).encode(), f" {b64(data)}\n"):
+        assert decode_base64("image", value) == data
+    # the limit applies to the image bytes: line breaks do not push it over
+    exact = Limits(max_image_bytes=len(data))
+    assert decode_base64("image", wrapped, exact) == data
+    with pytest.raises(ServiceError, match=r"image: about \d+ bytes; the limit is 3000"):
+        decode_base64("image", b64(data), Limits(max_image_bytes=3000))
+    with pytest.raises(ServiceError, match="image: invalid base64"):
+        decode_base64("image", b64(data)[:-2] + "*=")
 
 
 def test_classifier_handler_batches_images_and_rejects_bad_ones(model_copy) -> None:
