@@ -12,6 +12,7 @@ import compat  # noqa: F401  # first: upstream fixes
 
 # isort: split
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -28,7 +29,7 @@ from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
 
 from export.detector_checkpoint import export_inference_model
-from train import traffic_light_data
+from train import lamp_pretrain, traffic_light_data
 from train.common import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,10 +123,31 @@ def build_config(config: Path, data_dir: Path, out: Path, epochs: int | None) ->
     return cfg
 
 
-def train(cfg: dict, out: Path, seed: int) -> tuple[Path, list[dict[str, float]]]:
-    """Trains with validation; returns the best checkpoint and the learning curve."""
-    seed_everything(seed)
+def pretrain_spec(cfg: dict, iterations: int | None) -> lamp_pretrain.PretrainSpec | None:
+    """The config's `LampPretrain` section (None when it has none), iterations overridden."""
+    if "LampPretrain" not in cfg:
+        return None
+    spec = lamp_pretrain.PretrainSpec(**cfg["LampPretrain"])
+    return spec if iterations is None else dataclasses.replace(spec, iterations=iterations)
+
+
+def pretrain(cfg: dict, spec: lamp_pretrain.PretrainSpec, data_dir: Path, out: Path, seed: int
+             ) -> lamp_pretrain.Pretrained:
+    """train.lamp_pretrain on the training list; the backbone is saved beside the checkpoints."""
+    pretrained = lamp_pretrain.pretrain_backbone(
+        spec, data_dir, Path(cfg["TrainDataset"]["anno_path"]).name,
+        lamp_pretrain.input_preprocessor(cfg), seed)
+    paddle.save(pretrained.state, str(out / "lamp_pretrained_backbone.pdparams"))
+    return pretrained
+
+
+def train(cfg: dict, out: Path, backbone: dict[str, paddle.Tensor] | None
+          ) -> tuple[Path, list[dict[str, float]]]:
+    """Trains with validation, from `backbone` when given; returns the best checkpoint and the
+    learning curve."""
     model = create(cfg["architecture"])
+    if backbone is not None:
+        model.set_state_dict(backbone)
     init_objectness_bias(model)
     cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
     try:
@@ -150,6 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="PaddleDetection YAML (default: the project's default detector)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: the config's)")
+    parser.add_argument("--pretrain-iterations", type=int, default=None,
+                        help="iterations of the lamp pretraining (default: the config's)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the data and the training (default: %(default)s)")
     parser.add_argument("--train-images", type=int, default=traffic_light_data.DatasetSpec.train,
@@ -172,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     traffic_light_data.generate(args.data_dir, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = build_config(args.config, args.data_dir, args.out, args.epochs)
-    best, curve = train(cfg, args.out, args.seed)
+    seed_everything(args.seed)
+    lamp_spec = pretrain_spec(cfg, args.pretrain_iterations)
+    pretrained = lamp_spec and pretrain(cfg, lamp_spec, args.data_dir, args.out, args.seed)
+    best, curve = train(cfg, args.out, pretrained and pretrained.state)
     trained_minutes = (time.monotonic() - started) / 60
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.detector",
@@ -186,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         "training_minutes": round(trained_minutes, 1),
         "valid_map50": max((point["map50"] for point in curve), default=None),
         "map_type": cfg["map_type"],
+        "lamp_pretrain": lamp_spec and {
+            **dataclasses.asdict(lamp_spec), "crops": pretrained.crops,
+            "held_out_accuracy": round(pretrained.held_out_accuracy, 4)},
         "curve": curve,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
