@@ -96,8 +96,9 @@ def test_training_smoke_writes_checkpoint_curve_metrics_and_export(smoke_run: Pa
     metrics = json.loads((smoke_run / "model" / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["iterations"] == 2 and metrics["seed"] == 0
     assert metrics["valid_map50"] == curve[0]["map50"]
-    assert metrics["lamp_pretrain"]["iterations"] == 3 and metrics["lamp_pretrain"]["crops"] > 0
-    assert (smoke_run / "out" / "lamp_pretrained_backbone.pdparams").is_file()
+    direction = metrics["arrow_direction"]
+    assert direction["iterations"] == 3 and direction["pretrain_crops"] > 0
+    assert (smoke_run / "out" / "arrow_direction_backbone.pdparams").is_file()
     exported = smoke_run / "model" / "inference"
     assert {p.name for p in exported.iterdir()} == {
         "inference.pdmodel", "inference.pdiparams", "infer_cfg.yml"}

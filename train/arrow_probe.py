@@ -28,7 +28,7 @@ from sklearn.model_selection import cross_val_score
 
 from serving.preprocess import Preprocessor
 from train import traffic_light_data as data
-from train.lamp_pretrain import input_preprocessor
+from train.arrow_direction import input_preprocessor
 
 CROP_PX = 12
 Light = tuple[bool, tuple[float, float], tuple[float, float], float]

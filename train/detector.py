@@ -23,13 +23,13 @@ from pathlib import Path
 import paddle
 from paddle.base import core
 from ppdet.core.workspace import create, load_config
-from ppdet.data import source
+from ppdet.data import source, transform
 from ppdet.data.source.voc import VOCDataSet
 from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
 
 from export.detector_checkpoint import export_inference_model
-from train import lamp_pretrain, traffic_light_data
+from train import arrow_direction, traffic_light_data
 from train.common import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +76,10 @@ class CurriculumVOCDataSet(VOCDataSet):
         self.roidbs = self.records_for_epoch(epoch_id + 1)
 
 
-# ppdet's TrainDataset looks dataset classes up by name in ppdet.data.source (dataset.py:279)
+# ppdet looks dataset classes up by name in ppdet.data.source (dataset.py:279) and transforms in
+# ppdet.data.transform (reader.py:49)
 source.CurriculumVOCDataSet = CurriculumVOCDataSet
+transform.KeepClasses = arrow_direction.KeepClasses
 
 
 class LearningCurve(Callback):
@@ -123,32 +125,41 @@ def build_config(config: Path, data_dir: Path, out: Path, epochs: int | None) ->
     return cfg
 
 
-def pretrain_spec(cfg: dict, iterations: int | None) -> lamp_pretrain.PretrainSpec | None:
-    """The config's `LampPretrain` section (None when it has none), iterations overridden."""
-    if "LampPretrain" not in cfg:
+def direction_spec(cfg: dict, pretrain_iterations: int | None
+                   ) -> arrow_direction.ArrowDirectionSpec | None:
+    """The config's `ArrowDirection` section (None when it has none), iterations overridden."""
+    if "ArrowDirection" not in cfg:
         return None
-    spec = lamp_pretrain.PretrainSpec(**cfg["LampPretrain"])
-    return spec if iterations is None else dataclasses.replace(spec, iterations=iterations)
+    spec = arrow_direction.ArrowDirectionSpec(**cfg["ArrowDirection"])
+    if pretrain_iterations is None:
+        return spec
+    return dataclasses.replace(spec, iterations=pretrain_iterations)
 
 
-def pretrain(cfg: dict, spec: lamp_pretrain.PretrainSpec, data_dir: Path, out: Path, seed: int
-             ) -> lamp_pretrain.Pretrained:
-    """train.lamp_pretrain on the training list; the backbone is saved beside the checkpoints."""
-    pretrained = lamp_pretrain.pretrain_backbone(
+def pretrain(cfg: dict, spec: arrow_direction.ArrowDirectionSpec, data_dir: Path, out: Path,
+             seed: int) -> arrow_direction.Pretrained:
+    """train.arrow_direction's pretraining on the training list; the backbone is saved beside
+    the checkpoints."""
+    pretrained = arrow_direction.pretrain_backbone(
         spec, data_dir, Path(cfg["TrainDataset"]["anno_path"]).name,
-        lamp_pretrain.input_preprocessor(cfg), seed)
-    paddle.save(pretrained.state, str(out / "lamp_pretrained_backbone.pdparams"))
+        arrow_direction.input_preprocessor(cfg), seed)
+    paddle.save(pretrained.state, str(out / "arrow_direction_backbone.pdparams"))
     return pretrained
 
 
-def train(cfg: dict, out: Path, backbone: dict[str, paddle.Tensor] | None
+def train(cfg: dict, data_dir: Path, out: Path,
+          direction: tuple[arrow_direction.ArrowDirectionSpec, arrow_direction.Pretrained] | None
           ) -> tuple[Path, list[dict[str, float]]]:
-    """Trains with validation, from `backbone` when given; returns the best checkpoint and the
-    learning curve."""
+    """Trains with validation, with the arrow-direction backbone and loss when given; returns
+    the best checkpoint and the learning curve."""
     model = create(cfg["architecture"])
-    if backbone is not None:
-        model.set_state_dict(backbone)
+    if direction is not None:
+        model.set_state_dict(direction[1].state)
     init_objectness_bias(model)
+    if direction is not None:
+        labels = (data_dir / "label_list.txt").read_text().split()
+        arrow_direction.add_direction_loss(model, arrow_direction.arrow_classes(labels),
+                                           direction[0])
     cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
     try:
         trainer = Trainer(cfg, mode="train")
@@ -197,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = build_config(args.config, args.data_dir, args.out, args.epochs)
     seed_everything(args.seed)
-    lamp_spec = pretrain_spec(cfg, args.pretrain_iterations)
-    pretrained = lamp_spec and pretrain(cfg, lamp_spec, args.data_dir, args.out, args.seed)
-    best, curve = train(cfg, args.out, pretrained and pretrained.state)
+    direction = direction_spec(cfg, args.pretrain_iterations)
+    pretrained = direction and pretrain(cfg, direction, args.data_dir, args.out, args.seed)
+    best, curve = train(cfg, args.data_dir, args.out, direction and (direction, pretrained))
     trained_minutes = (time.monotonic() - started) / 60
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.detector",
@@ -213,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         "training_minutes": round(trained_minutes, 1),
         "valid_map50": max((point["map50"] for point in curve), default=None),
         "map_type": cfg["map_type"],
-        "lamp_pretrain": lamp_spec and {
-            **dataclasses.asdict(lamp_spec), "crops": pretrained.crops,
-            "held_out_accuracy": round(pretrained.held_out_accuracy, 4)},
+        "arrow_direction": direction and {
+            **dataclasses.asdict(direction), "pretrain_crops": pretrained.crops,
+            "pretrain_held_out_accuracy": round(pretrained.held_out_accuracy, 4)},
         "curve": curve,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -1,4 +1,4 @@
-"""Pretrain the detector's backbone to tell left arrows from right ones, on crops around lamps.
+"""Teach the detector which way arrows point: a pretraining step and an auxiliary loss.
 
 Trained from scratch inside the detector, the x0.25 MobileNetV1 learns lamp colours but never
 which way an arrow points (train.arrow_probe: Left/Right at chance at every level). Measured on
@@ -6,8 +6,15 @@ crops (session 4): the same backbone learns direction in a few hundred iteration
 is only Left vs Right on a crop around the lit lamp, placed up to `jitter_px` off-centre so the
 features do not depend on where the lamp sits. It stays at chance on whole-housing crops, with
 the 8 classes at once (colour is learnt first), and with heads on the deeper levels as well
-(their gradients drown the stride-8 one), so the one head reads the stride-8 output. The
-detector then starts from this backbone (`LampPretrain` in its config).
+(their gradients drown the stride-8 one), so the one head reads the stride-8 output.
+
+The detector starts from this backbone, but detection training alone washes direction out again
+within an epoch or two (probe at the lamp 0.88 -> 0.55; 0.62 with the backbone's learning rate
+at 0.2). So the detector keeps the objective as an auxiliary loss: at the lit lamp of every
+arrow box, the stride-8 features (mean over `pool_cells` x `pool_cells` cells) go through a
+linear Left/Right head, its cross-entropy weighted by `loss_weight` and added to the YOLO loss.
+The head exists only in training; the exported model does not contain it.
+Both are configured in the detector config's `ArrowDirection` section.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+import paddle.nn.functional as F
 from ppdet.core.workspace import create
 
 from serving.preprocess import Preprocessor
@@ -28,16 +36,18 @@ LOG = partial(print, flush=True)
 
 
 @dataclass(frozen=True)
-class PretrainSpec:
-    """The `LampPretrain` section of a detector config."""
+class ArrowDirectionSpec:
+    """The `ArrowDirection` section of a detector config."""
 
-    scenes: int = 2000           # first scenes of the training list to crop
+    scenes: int = 2000           # pretraining: first scenes of the training list to crop
     iterations: int = 1500
     batch_size: int = 32
     base_lr: float = 0.01
     crop_px: int = 48            # square crop at the network input
     jitter_px: int = 12          # the lamp lands up to this far from the crop's centre
     holdout: float = 0.1         # share of crops kept aside to report accuracy
+    loss_weight: float = 5.0     # detection: weight of the auxiliary Left/Right loss
+    pool_cells: int = 5          # detection: stride-8 cells averaged around the lamp
 
 
 def input_preprocessor(cfg: dict) -> Preprocessor:
@@ -48,7 +58,7 @@ def input_preprocessor(cfg: dict) -> Preprocessor:
     return Preprocessor(steps)
 
 
-def arrow_crops(root: Path, list_file: str, spec: PretrainSpec, preprocessor: Preprocessor,
+def arrow_crops(root: Path, list_file: str, spec: ArrowDirectionSpec, preprocessor: Preprocessor,
                 rng: np.random.Generator) -> Iterator[tuple[np.ndarray, bool]]:
     """(CHW float16 crop at the network input, points left) for every arrow light of the first
     scenes; the lit lamp lands up to `jitter_px` away from the crop's centre."""
@@ -102,7 +112,7 @@ class Pretrained:
     held_out_accuracy: float         # Left/Right on the held-out crops, after the last iteration
 
 
-def pretrain_backbone(spec: PretrainSpec, root: Path, list_file: str,
+def pretrain_backbone(spec: ArrowDirectionSpec, root: Path, list_file: str,
                       preprocessor: Preprocessor, seed: int,
                       log: Callable[[str], None] = LOG) -> Pretrained:
     """Trains a fresh backbone (ppdet's configured one) to tell left from right arrows."""
@@ -135,3 +145,73 @@ def pretrain_backbone(spec: PretrainSpec, root: Path, list_file: str,
                 f"Left/Right accuracy {held_out:.3f}")
     state = {f"backbone.{name}": value for name, value in model.backbone.state_dict().items()}
     return Pretrained(state, len(crops), held_out)
+
+
+# --- the auxiliary loss during detection training ----------------------------------------------
+
+CLASSES_FIELD = "arrow_direction_classes"
+
+
+class KeepClasses:
+    """Batch transform placed before Gt2YoloTarget, which drops `gt_class` once it has built
+    its targets (ppdet/data/transform/batch_operators.py, Gt2YoloTarget.__call__): keeps a
+    copy for the direction loss."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, samples: list[dict], context: object = None) -> list[dict]:
+        for sample in samples:
+            sample[CLASSES_FIELD] = sample["gt_class"].copy()
+        return samples
+
+
+def arrow_classes(labels: list[str]) -> dict[int, tuple[int, bool]]:
+    """Class id -> (lit lamp position, points left) for the arrow classes of a label list."""
+    return {index: (data.LIT_LAMPS[name][0], data.LIT_LAMPS[name][1] == "left")
+            for index, name in enumerate(labels)
+            if data.LIT_LAMPS.get(name, (0, "disc"))[1] != "disc"}
+
+
+def direction_loss(stride8: paddle.Tensor, inputs: dict, head: paddle.nn.Layer,
+                   arrows: dict[int, tuple[int, bool]], spec: ArrowDirectionSpec
+                   ) -> paddle.Tensor:
+    """Weighted Left/Right cross-entropy at the lit lamp of every arrow box, per image."""
+    boxes = inputs["gt_bbox"]  # [batch, boxes, 4]: normalised centre x, centre y, w, h
+    classes = inputs[CLASSES_FIELD].astype("int64").reshape(boxes.shape[:2])
+    is_arrow = paddle.zeros_like(boxes[..., 0])
+    position = paddle.zeros_like(boxes[..., 0])
+    is_left = paddle.zeros_like(classes)
+    for class_id, (lamp, left) in arrows.items():
+        hit = ((classes == class_id) & (boxes[..., 2] > 0)).astype("float32")  # w 0: padding
+        is_arrow += hit
+        position += hit * lamp
+        is_left += hit.astype("int64") * int(left)
+    lamp_y = boxes[..., 1] - boxes[..., 3] / 2 + boxes[..., 3] * (2 * position + 1) / 6
+    grid = paddle.stack([boxes[..., 0] * 2 - 1, lamp_y * 2 - 1], -1).unsqueeze(2)
+    pooled = F.avg_pool2d(stride8, spec.pool_cells, stride=1, padding=spec.pool_cells // 2,
+                          exclusive=True)
+    at_lamps = F.grid_sample(pooled, grid, align_corners=False).squeeze(-1).transpose([0, 2, 1])
+    loss = F.cross_entropy(head(at_lamps), is_left.unsqueeze(-1), reduction="none").squeeze(-1)
+    return spec.loss_weight * (loss * is_arrow).sum() / boxes.shape[0]
+
+
+def add_direction_loss(model: paddle.nn.Layer, arrows: dict[int, tuple[int, bool]],
+                       spec: ArrowDirectionSpec) -> None:
+    """Adds the auxiliary loss to a ppdet YOLOv3's training loss (`loss_arrow_direction` in
+    the training log). Its head is a sublayer, so the optimizer created after this trains it."""
+    model.add_sublayer("arrow_direction_head",
+                       paddle.nn.Linear(model.backbone.out_shape[0].channels, 2))
+    levels: dict[str, list[paddle.Tensor]] = {}
+    model.backbone.register_forward_post_hook(
+        lambda layer, inputs, outputs: levels.__setitem__("backbone", outputs))
+    yolo_loss = model.get_loss
+
+    def get_loss() -> dict[str, paddle.Tensor]:
+        losses = yolo_loss()
+        losses["loss_arrow_direction"] = direction_loss(
+            levels["backbone"][0], model.inputs, model.arrow_direction_head, arrows, spec)
+        losses["loss"] = losses["loss"] + losses["loss_arrow_direction"]
+        return losses
+
+    model.get_loss = get_loss
