@@ -131,3 +131,19 @@ def test_keep_classes_copies_what_gt2yolotarget_drops() -> None:
     assert kept[0][arrow_direction.CLASSES_FIELD].tolist() == [[1], [4]]
     kept[0]["gt_class"][0, 0] = 7
     assert kept[0][arrow_direction.CLASSES_FIELD][0, 0] == 1
+
+
+def test_frozen_layers_keep_their_weights_and_statistics(cfg: dict) -> None:
+    model = create("YOLOv3")
+    arrow_direction.freeze_pretrained_layers(model.backbone, ("conv1", "conv2_1"))
+    model.train()
+    before = {key: value.numpy().copy() for key, value in model.backbone.state_dict().items()}
+    optimizer = paddle.optimizer.SGD(0.1, parameters=model.backbone.parameters())
+    images = paddle.to_tensor(np.random.default_rng(0).normal(3, 2, (2, 3, 64, 64)), "float32")
+    loss = paddle.add_n([level.mean() for level in model.backbone({"image": images})])
+    loss.backward()
+    optimizer.step()
+    after = model.backbone.state_dict()
+    changed = {key for key in before if not np.array_equal(before[key], after[key].numpy())}
+    assert changed and not any(key.startswith(("conv1.", "conv2_1.")) for key in changed)
+    assert any(key.startswith("conv2_2.") for key in changed)  # the rest trains

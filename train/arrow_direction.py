@@ -46,6 +46,7 @@ class ArrowDirectionSpec:
     crop_px: int = 48            # square crop at the network input
     jitter_px: int = 12          # the lamp lands up to this far from the crop's centre
     holdout: float = 0.1         # share of crops kept aside to report accuracy
+    frozen_layers: tuple[str, ...] = ()  # detection: backbone sublayers kept as pretrained
     loss_weight: float = 5.0     # detection: weight of the auxiliary Left/Right loss
     pool_cells: int = 5          # detection: stride-8 cells averaged around the lamp
 
@@ -124,7 +125,7 @@ def pretrain_backbone(spec: ArrowDirectionSpec, root: Path, list_file: str,
     crops = np.stack([crop for crop, _ in pairs])
     is_left = np.array([left for _, left in pairs], np.int64)
     kept = len(crops) - max(1, int(len(crops) * spec.holdout))
-    log(f"[lamp-pretrain] {len(crops)} arrow crops from {spec.scenes} scenes, "
+    log(f"[arrow-direction] {len(crops)} arrow crops from {spec.scenes} scenes, "
         f"{spec.iterations} iterations")
     model = DirectionClassifier(create("MobileNet"))
     schedule = paddle.optimizer.lr.CosineAnnealingDecay(spec.base_lr, spec.iterations)
@@ -141,10 +142,22 @@ def pretrain_backbone(spec: ArrowDirectionSpec, root: Path, list_file: str,
         schedule.step()
         if iteration % 250 == 0 or iteration == spec.iterations:
             held_out = accuracy(model, crops[kept:], is_left[kept:])
-            log(f"[lamp-pretrain] iteration {iteration}: loss {float(loss):.3f}, held-out "
+            log(f"[arrow-direction] iteration {iteration}: loss {float(loss):.3f}, held-out "
                 f"Left/Right accuracy {held_out:.3f}")
     state = {f"backbone.{name}": value for name, value in model.backbone.state_dict().items()}
     return Pretrained(state, len(crops), held_out)
+
+
+def freeze_pretrained_layers(backbone: paddle.nn.Layer, names: tuple[str, ...]) -> None:
+    """Keeps the named backbone sublayers as pretrained: no gradient, and batch norm with the
+    pretraining's running statistics (detection batches would shift them)."""
+    for name in names:
+        layer = getattr(backbone, name)
+        for parameter in layer.parameters():
+            parameter.stop_gradient = True
+        for sublayer in layer.sublayers(include_self=True):
+            if isinstance(sublayer, paddle.nn.BatchNorm2D):
+                sublayer._use_global_stats = True  # paddle's switch (nn/layer/norm.py)
 
 
 # --- the auxiliary loss during detection training ----------------------------------------------

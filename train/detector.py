@@ -130,7 +130,9 @@ def direction_spec(cfg: dict, pretrain_iterations: int | None
     """The config's `ArrowDirection` section (None when it has none), iterations overridden."""
     if "ArrowDirection" not in cfg:
         return None
-    spec = arrow_direction.ArrowDirectionSpec(**cfg["ArrowDirection"])
+    section = dict(cfg["ArrowDirection"])
+    section["frozen_layers"] = tuple(section.get("frozen_layers", ()))
+    spec = arrow_direction.ArrowDirectionSpec(**section)
     if pretrain_iterations is None:
         return spec
     return dataclasses.replace(spec, iterations=pretrain_iterations)
@@ -155,6 +157,7 @@ def train(cfg: dict, data_dir: Path, out: Path,
     model = create(cfg["architecture"])
     if direction is not None:
         model.set_state_dict(direction[1].state)
+        arrow_direction.freeze_pretrained_layers(model.backbone, direction[0].frozen_layers)
     init_objectness_bias(model)
     if direction is not None:
         labels = (data_dir / "label_list.txt").read_text().split()
