@@ -11,7 +11,7 @@ import paddle
 import pytest
 from ppdet.core.workspace import create, load_config
 
-from train import arrow_direction, detector
+from train import arrow_direction, arrow_probe, detector
 from train import traffic_light_data as data
 
 
@@ -34,7 +34,7 @@ def spec_of(cfg: dict, **changes: int) -> arrow_direction.ArrowDirectionSpec:
 def crops_of(scenes: Path, cfg: dict, **changes: int) -> list[tuple[np.ndarray, bool]]:
     spec = spec_of(cfg, **changes)
     return list(arrow_direction.arrow_crops(scenes, "train.txt", spec,
-                                          arrow_direction.input_preprocessor(cfg),
+                                          arrow_probe.input_preprocessor(cfg),
                                           np.random.default_rng(0)))
 
 
@@ -75,7 +75,7 @@ def test_pretrained_backbone_loads_whole_into_the_detector(scenes: Path, cfg: di
     spec = spec_of(cfg, iterations=2, batch_size=4)
     paddle.seed(0)
     pretrained = arrow_direction.pretrain_backbone(
-        spec, scenes, "train.txt", arrow_direction.input_preprocessor(cfg), seed=0,
+        spec, scenes, "train.txt", arrow_probe.input_preprocessor(cfg), seed=0,
         log=lambda line: None)
     model = create("YOLOv3")
     backbone_keys = {f"backbone.{key}" for key in model.backbone.state_dict()}
@@ -91,7 +91,7 @@ def test_no_arrow_lights_is_an_error_that_says_so(scenes: Path, cfg: dict) -> No
     spec = spec_of(cfg, scenes=0)
     with pytest.raises(ValueError, match="needs arrow lights: 0 in the first 0 scenes"):
         arrow_direction.pretrain_backbone(spec, scenes, "train.txt",
-                                        arrow_direction.input_preprocessor(cfg), seed=0)
+                                        arrow_probe.input_preprocessor(cfg), seed=0)
 
 
 def lamp_loss(cfg: dict, labels: list[str], evidence_at: list[tuple[float, float]]) -> float:

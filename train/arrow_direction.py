@@ -31,6 +31,7 @@ from ppdet.core.workspace import create
 
 from serving.preprocess import Preprocessor
 from train import traffic_light_data as data
+from train.arrow_probe import arrow_scenes
 
 LOG = partial(print, flush=True)
 
@@ -51,36 +52,19 @@ class ArrowDirectionSpec:
     pool_cells: int = 5          # detection: stride-8 cells averaged around the lamp
 
 
-def input_preprocessor(cfg: dict) -> Preprocessor:
-    """A detector config's TestReader steps (what its export writes to infer_cfg.yml), run by
-    the services' preprocessing code: the network input the crops and probes are cut from."""
-    steps = [{"type": name, **(params or {})} for step in cfg["TestReader"]["sample_transforms"]
-             for name, params in step.items() if name != "Decode"]
-    return Preprocessor(steps)
-
-
 def arrow_crops(root: Path, list_file: str, spec: ArrowDirectionSpec, preprocessor: Preprocessor,
                 rng: np.random.Generator) -> Iterator[tuple[np.ndarray, bool]]:
     """(CHW float16 crop at the network input, points left) for every arrow light of the first
-    scenes; the lit lamp lands up to `jitter_px` away from the crop's centre."""
+    scenes (the probe's arrow_scenes); the lit lamp lands up to `jitter_px` from the centre."""
     half, margin = spec.crop_px // 2, spec.crop_px
-    for line in (root / list_file).read_text().splitlines()[:spec.scenes]:
-        image_file, xml_file = line.split()
-        arrows = [light for light in data.read_voc_xml(root / xml_file)
-                  if data.LIT_LAMPS.get(light.label, (0, "disc"))[1] != "disc"]
-        if not arrows:
-            continue
-        sample = preprocessor((root / image_file).read_bytes())
-        scale_y, scale_x = sample.scale_factor
-        padded = np.pad(sample.image, ((0, 0), (margin, margin), (margin, margin)))
-        for light in arrows:
-            position, direction = data.LIT_LAMPS[light.label]
-            lamp_x, lamp_y, _ = data.lamp_circle(light.box, position)
+    for image, lights in arrow_scenes(root, list_file, spec.scenes, preprocessor):
+        padded = np.pad(image, ((0, 0), (margin, margin), (margin, margin)))
+        for is_left, (lamp_x, lamp_y), _centre, _radius in lights:
             shift_x, shift_y = rng.uniform(-spec.jitter_px, spec.jitter_px, 2)
-            x = round(lamp_x * scale_x + shift_x) + margin
-            y = round(lamp_y * scale_y + shift_y) + margin
+            x = round(lamp_x + shift_x) + margin
+            y = round(lamp_y + shift_y) + margin
             crop = padded[:, y - half:y + half, x - half:x + half]
-            yield crop.astype(np.float16), direction == "left"
+            yield crop.astype(np.float16), is_left
 
 
 class DirectionClassifier(paddle.nn.Layer):

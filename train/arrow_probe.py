@@ -28,10 +28,17 @@ from sklearn.model_selection import cross_val_score
 
 from serving.preprocess import Preprocessor
 from train import traffic_light_data as data
-from train.arrow_direction import input_preprocessor
 
 CROP_PX = 12
 Light = tuple[bool, tuple[float, float], tuple[float, float], float]
+
+
+def input_preprocessor(cfg: dict) -> Preprocessor:
+    """A detector config's TestReader steps (what its export writes to infer_cfg.yml), run by
+    the services' preprocessing code: the network input the probes and crops are cut from."""
+    steps = [{"type": name, **(params or {})} for step in cfg["TestReader"]["sample_transforms"]
+             for name, params in step.items() if name != "Decode"]
+    return Preprocessor(steps)
 
 
 def arrow_scenes(root: Path, list_file: str, scenes: int, preprocessor: Preprocessor

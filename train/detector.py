@@ -29,7 +29,7 @@ from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
 
 from export.detector_checkpoint import export_inference_model
-from train import arrow_direction, traffic_light_data
+from train import arrow_direction, arrow_probe, traffic_light_data
 from train.common import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def pretrain(cfg: dict, spec: arrow_direction.ArrowDirectionSpec, data_dir: Path
     the checkpoints."""
     pretrained = arrow_direction.pretrain_backbone(
         spec, data_dir, Path(cfg["TrainDataset"]["anno_path"]).name,
-        arrow_direction.input_preprocessor(cfg), seed)
+        arrow_probe.input_preprocessor(cfg), seed)
     paddle.save(pretrained.state, str(out / "arrow_direction_backbone.pdparams"))
     return pretrained
 
