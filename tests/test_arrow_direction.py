@@ -94,45 +94,6 @@ def test_no_arrow_lights_is_an_error_that_says_so(scenes: Path, cfg: dict) -> No
                                         arrow_probe.input_preprocessor(cfg), seed=0)
 
 
-def lamp_loss(cfg: dict, labels: list[str], evidence_at: list[tuple[float, float]]) -> float:
-    """The direction loss for a RedLeft box at x 0.25 and a GreenRight box at x 0.75 (each 0.1
-    x 0.3, centred at y 0.5), plus an unlit housing and padding, when the stride-8 map holds
-    "left" evidence (channel 0) and "right" evidence (channel 1) around the given points."""
-    features = np.zeros((1, 2, 40, 40), np.float32)
-    for channel, (x, y) in enumerate(evidence_at):
-        features[0, channel, round(y * 40 - 0.5), round(x * 40 - 0.5)] = 25.0
-    boxes = np.zeros((1, 4, 4), np.float32)
-    boxes[0, :3] = [[0.25, 0.5, 0.1, 0.3], [0.75, 0.5, 0.1, 0.3], [0.5, 0.5, 0.1, 0.3]]
-    classes = np.array([[[data.LABELS.index(name)] for name in
-                         ("RedLeft", "GreenRight", "off", "Red")]], np.int32)  # Red: padding
-    head = paddle.nn.Linear(2, 2)
-    head.weight.set_value(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))  # ch 0 -> "left"
-    head.bias.set_value(np.zeros(2, np.float32))
-    inputs = {"gt_bbox": paddle.to_tensor(boxes),
-              arrow_direction.CLASSES_FIELD: paddle.to_tensor(classes)}
-    loss = arrow_direction.direction_loss(
-        paddle.to_tensor(features), inputs, head, arrow_direction.arrow_classes(labels),
-        spec_of(cfg, loss_weight=1.0, pool_cells=1))
-    return float(loss)
-
-
-def test_direction_loss_reads_each_arrow_at_its_lit_lamp(cfg: dict) -> None:
-    labels = list(data.LABELS)
-    red_lamp, green_lamp = (0.25, 0.35 + 0.3 / 6), (0.75, 0.35 + 0.3 * 5 / 6)
-    assert lamp_loss(cfg, labels, [red_lamp, green_lamp]) < 0.01
-    # evidence at the box centres, or the wrong way round: both arrows cost ~ln 2 or more
-    assert lamp_loss(cfg, labels, [(0.25, 0.5), (0.75, 0.5)]) > 1.3
-    assert lamp_loss(cfg, labels, [green_lamp, red_lamp]) > 10
-
-
-def test_keep_classes_copies_what_gt2yolotarget_drops() -> None:
-    samples = [{"gt_class": np.array([[1], [4]], np.int32)}]
-    kept = arrow_direction.KeepClasses()(samples)
-    assert kept[0][arrow_direction.CLASSES_FIELD].tolist() == [[1], [4]]
-    kept[0]["gt_class"][0, 0] = 7
-    assert kept[0][arrow_direction.CLASSES_FIELD][0, 0] == 1
-
-
 def test_frozen_layers_keep_their_weights_and_statistics(cfg: dict) -> None:
     model = create("YOLOv3")
     arrow_direction.freeze_pretrained_layers(model.backbone, ("conv1", "conv2_1"))

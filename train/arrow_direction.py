@@ -1,4 +1,4 @@
-"""Teach the detector which way arrows point: a pretraining step and an auxiliary loss.
+"""Teach the detector which way arrows point: pretrain its stem on lamp crops, then freeze it.
 
 Trained from scratch inside the detector, the x0.25 MobileNetV1 learns lamp colours but never
 which way an arrow points (train.arrow_probe: Left/Right at chance at every level). Measured on
@@ -8,13 +8,11 @@ features do not depend on where the lamp sits. It stays at chance on whole-housi
 the 8 classes at once (colour is learnt first), and with heads on the deeper levels as well
 (their gradients drown the stride-8 one), so the one head reads the stride-8 output.
 
-The detector starts from this backbone, but detection training alone washes direction out again
-within an epoch or two (probe at the lamp 0.88 -> 0.55; 0.62 with the backbone's learning rate
-at 0.2). So the detector keeps the objective as an auxiliary loss: at the lit lamp of every
-arrow box, the stride-8 features (mean over `pool_cells` x `pool_cells` cells) go through a
-linear Left/Right head, its cross-entropy weighted by `loss_weight` and added to the YOLO loss.
-The head exists only in training; the exported model does not contain it.
-Both are configured in the detector config's `ArrowDirection` section.
+Detection training washes that feature out again within an epoch or two (probe at the lamp
+0.88 -> 0.55; 0.62 with the backbone's learning rate at 0.2; an auxiliary Left/Right loss at
+the lamps did not hold it either). So the detector keeps the pretrained layers up to stride 8
+as they are (`frozen_layers`: weights and batch-norm statistics) and trains the rest.
+Both steps are configured in the detector config's `ArrowDirection` section.
 """
 
 from __future__ import annotations
@@ -26,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from ppdet.core.workspace import create
 
 from serving.preprocess import Preprocessor
-from train import traffic_light_data as data
 from train.arrow_probe import arrow_scenes
 
 LOG = partial(print, flush=True)
@@ -48,8 +44,6 @@ class ArrowDirectionSpec:
     jitter_px: int = 12          # the lamp lands up to this far from the crop's centre
     holdout: float = 0.1         # share of crops kept aside to report accuracy
     frozen_layers: tuple[str, ...] = ()  # detection: backbone sublayers kept as pretrained
-    loss_weight: float = 5.0     # detection: weight of the auxiliary Left/Right loss
-    pool_cells: int = 5          # detection: stride-8 cells averaged around the lamp
 
 
 def arrow_crops(root: Path, list_file: str, spec: ArrowDirectionSpec, preprocessor: Preprocessor,
@@ -142,73 +136,3 @@ def freeze_pretrained_layers(backbone: paddle.nn.Layer, names: tuple[str, ...]) 
         for sublayer in layer.sublayers(include_self=True):
             if isinstance(sublayer, paddle.nn.BatchNorm2D):
                 sublayer._use_global_stats = True  # paddle's switch (nn/layer/norm.py)
-
-
-# --- the auxiliary loss during detection training ----------------------------------------------
-
-CLASSES_FIELD = "arrow_direction_classes"
-
-
-class KeepClasses:
-    """Batch transform placed before Gt2YoloTarget, which drops `gt_class` once it has built
-    its targets (ppdet/data/transform/batch_operators.py, Gt2YoloTarget.__call__): keeps a
-    copy for the direction loss."""
-
-    def __init__(self) -> None:
-        pass
-
-    def __call__(self, samples: list[dict], context: object = None) -> list[dict]:
-        for sample in samples:
-            sample[CLASSES_FIELD] = sample["gt_class"].copy()
-        return samples
-
-
-def arrow_classes(labels: list[str]) -> dict[int, tuple[int, bool]]:
-    """Class id -> (lit lamp position, points left) for the arrow classes of a label list."""
-    return {index: (data.LIT_LAMPS[name][0], data.LIT_LAMPS[name][1] == "left")
-            for index, name in enumerate(labels)
-            if data.LIT_LAMPS.get(name, (0, "disc"))[1] != "disc"}
-
-
-def direction_loss(stride8: paddle.Tensor, inputs: dict, head: paddle.nn.Layer,
-                   arrows: dict[int, tuple[int, bool]], spec: ArrowDirectionSpec
-                   ) -> paddle.Tensor:
-    """Weighted Left/Right cross-entropy at the lit lamp of every arrow box, per image."""
-    boxes = inputs["gt_bbox"]  # [batch, boxes, 4]: normalised centre x, centre y, w, h
-    classes = inputs[CLASSES_FIELD].astype("int64").reshape(boxes.shape[:2])
-    is_arrow = paddle.zeros_like(boxes[..., 0])
-    position = paddle.zeros_like(boxes[..., 0])
-    is_left = paddle.zeros_like(classes)
-    for class_id, (lamp, left) in arrows.items():
-        hit = ((classes == class_id) & (boxes[..., 2] > 0)).astype("float32")  # w 0: padding
-        is_arrow += hit
-        position += hit * lamp
-        is_left += hit.astype("int64") * int(left)
-    lamp_y = boxes[..., 1] - boxes[..., 3] / 2 + boxes[..., 3] * (2 * position + 1) / 6
-    grid = paddle.stack([boxes[..., 0] * 2 - 1, lamp_y * 2 - 1], -1).unsqueeze(2)
-    pooled = F.avg_pool2d(stride8, spec.pool_cells, stride=1, padding=spec.pool_cells // 2,
-                          exclusive=True)
-    at_lamps = F.grid_sample(pooled, grid, align_corners=False).squeeze(-1).transpose([0, 2, 1])
-    loss = F.cross_entropy(head(at_lamps), is_left.unsqueeze(-1), reduction="none").squeeze(-1)
-    return spec.loss_weight * (loss * is_arrow).sum() / boxes.shape[0]
-
-
-def add_direction_loss(model: paddle.nn.Layer, arrows: dict[int, tuple[int, bool]],
-                       spec: ArrowDirectionSpec) -> None:
-    """Adds the auxiliary loss to a ppdet YOLOv3's training loss (`loss_arrow_direction` in
-    the training log). Its head is a sublayer, so the optimizer created after this trains it."""
-    model.add_sublayer("arrow_direction_head",
-                       paddle.nn.Linear(model.backbone.out_shape[0].channels, 2))
-    levels: dict[str, list[paddle.Tensor]] = {}
-    model.backbone.register_forward_post_hook(
-        lambda layer, inputs, outputs: levels.__setitem__("backbone", outputs))
-    yolo_loss = model.get_loss
-
-    def get_loss() -> dict[str, paddle.Tensor]:
-        losses = yolo_loss()
-        losses["loss_arrow_direction"] = direction_loss(
-            levels["backbone"][0], model.inputs, model.arrow_direction_head, arrows, spec)
-        losses["loss"] = losses["loss"] + losses["loss_arrow_direction"]
-        return losses
-
-    model.get_loss = get_loss

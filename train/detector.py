@@ -23,7 +23,7 @@ from pathlib import Path
 import paddle
 from paddle.base import core
 from ppdet.core.workspace import create, load_config
-from ppdet.data import source, transform
+from ppdet.data import source
 from ppdet.data.source.voc import VOCDataSet
 from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
@@ -76,10 +76,8 @@ class CurriculumVOCDataSet(VOCDataSet):
         self.roidbs = self.records_for_epoch(epoch_id + 1)
 
 
-# ppdet looks dataset classes up by name in ppdet.data.source (dataset.py:279) and transforms in
-# ppdet.data.transform (reader.py:49)
+# ppdet looks dataset classes up by name in ppdet.data.source (dataset.py:279)
 source.CurriculumVOCDataSet = CurriculumVOCDataSet
-transform.KeepClasses = arrow_direction.KeepClasses
 
 
 class LearningCurve(Callback):
@@ -149,20 +147,16 @@ def pretrain(cfg: dict, spec: arrow_direction.ArrowDirectionSpec, data_dir: Path
     return pretrained
 
 
-def train(cfg: dict, data_dir: Path, out: Path,
+def train(cfg: dict, out: Path,
           direction: tuple[arrow_direction.ArrowDirectionSpec, arrow_direction.Pretrained] | None
           ) -> tuple[Path, list[dict[str, float]]]:
-    """Trains with validation, with the arrow-direction backbone and loss when given; returns
-    the best checkpoint and the learning curve."""
+    """Trains with validation, from the arrow-direction backbone (its stem frozen) when given;
+    returns the best checkpoint and the learning curve."""
     model = create(cfg["architecture"])
     if direction is not None:
         model.set_state_dict(direction[1].state)
         arrow_direction.freeze_pretrained_layers(model.backbone, direction[0].frozen_layers)
     init_objectness_bias(model)
-    if direction is not None:
-        labels = (data_dir / "label_list.txt").read_text().split()
-        arrow_direction.add_direction_loss(model, arrow_direction.arrow_classes(labels),
-                                           direction[0])
     cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
     try:
         trainer = Trainer(cfg, mode="train")
@@ -213,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     direction = direction_spec(cfg, args.pretrain_iterations)
     pretrained = direction and pretrain(cfg, direction, args.data_dir, args.out, args.seed)
-    best, curve = train(cfg, args.data_dir, args.out, direction and (direction, pretrained))
+    best, curve = train(cfg, args.out, direction and (direction, pretrained))
     trained_minutes = (time.monotonic() - started) / 60
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.detector",
