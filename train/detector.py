@@ -1,8 +1,10 @@
 """Train the built-in traffic-light detector with PaddleDetection's engine, then ship it.
 
-Generates the synthetic dataset (train.traffic_light_data) unless it is already there, trains the
+Generates the synthetic dataset (train.traffic_light_data) unless it is already there,
+pretrains the backbone on crops of lit arrows and keeps its stem frozen (train.arrow_direction:
+trained from scratch, the detector never learns which way an arrow points), trains the
 project's YOLOv3 config (easy scenes first, then cluttered ones), evaluates VOC mAP@0.5 on the
-validation split every few epochs keeping the best checkpoint, exports that checkpoint as the
+validation split every epoch keeping the best checkpoint, exports that checkpoint as the
 default inference model and records how it was made in metrics.json beside it.
 """
 
