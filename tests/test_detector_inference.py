@@ -81,7 +81,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short epoch of the default recipe through train.detector.main, with its export."""
     root = tmp_path_factory.mktemp("detector_smoke")
     status = detector.main(["--data-dir", str(root / "data"), "--out", str(root / "out"),
-                            "--epochs", "1", "--train-images", "16", "--valid-images", "4",
+                            "--epochs", "1", "--pretrain-iterations", "3",
+                            "--train-images", "16", "--valid-images", "4",
                             "--export-to", str(root / "model" / "inference")])
     assert status == 0
     return root
@@ -95,6 +96,9 @@ def test_training_smoke_writes_checkpoint_curve_metrics_and_export(smoke_run: Pa
     metrics = json.loads((smoke_run / "model" / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["iterations"] == 2 and metrics["seed"] == 0
     assert metrics["valid_map50"] == curve[0]["map50"]
+    direction = metrics["arrow_direction"]
+    assert direction["iterations"] == 3 and direction["pretrain_crops"] > 0
+    assert (smoke_run / "out" / "arrow_direction_backbone.pdparams").is_file()
     exported = smoke_run / "model" / "inference"
     assert {p.name for p in exported.iterdir()} == {
         "inference.pdmodel", "inference.pdiparams", "infer_cfg.yml"}
@@ -104,7 +108,8 @@ def test_cli_help() -> None:
     result = subprocess.run([sys.executable, "-m", "train.detector", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for option in ("--data-dir", "--out", "--epochs", "--seed", "--export-to"):
+    for option in ("--data-dir", "--out", "--epochs", "--pretrain-iterations", "--seed",
+                   "--export-to"):
         assert option in result.stdout
 
 

@@ -34,8 +34,8 @@ Light = tuple[bool, tuple[float, float], tuple[float, float], float]
 
 
 def input_preprocessor(cfg: dict) -> Preprocessor:
-    """The checkpoint's own TestReader steps (what its export writes to infer_cfg.yml), run by
-    the services' preprocessing code."""
+    """A detector config's TestReader steps (what its export writes to infer_cfg.yml), run by
+    the services' preprocessing code: the network input the probes and crops are cut from."""
     steps = [{"type": name, **(params or {})} for step in cfg["TestReader"]["sample_transforms"]
              for name, params in step.items() if name != "Decode"]
     return Preprocessor(steps)

@@ -1,8 +1,10 @@
 """Train the built-in traffic-light detector with PaddleDetection's engine, then ship it.
 
-Generates the synthetic dataset (train.traffic_light_data) unless it is already there, trains the
+Generates the synthetic dataset (train.traffic_light_data) unless it is already there,
+pretrains the backbone on crops of lit arrows and keeps its stem frozen (train.arrow_direction:
+trained from scratch, the detector never learns which way an arrow points), trains the
 project's YOLOv3 config (easy scenes first, then cluttered ones), evaluates VOC mAP@0.5 on the
-validation split every few epochs keeping the best checkpoint, exports that checkpoint as the
+validation split every epoch keeping the best checkpoint, exports that checkpoint as the
 default inference model and records how it was made in metrics.json beside it.
 """
 
@@ -12,6 +14,7 @@ import compat  # noqa: F401  # first: upstream fixes
 
 # isort: split
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -28,7 +31,7 @@ from ppdet.engine import Trainer
 from ppdet.engine.callbacks import Callback
 
 from export.detector_checkpoint import export_inference_model
-from train import traffic_light_data
+from train import arrow_direction, arrow_probe, traffic_light_data
 from train.common import seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +78,7 @@ class CurriculumVOCDataSet(VOCDataSet):
         self.roidbs = self.records_for_epoch(epoch_id + 1)
 
 
-# ppdet's TrainDataset looks dataset classes up by name in ppdet.data.source (dataset.py:279)
+# ppdet looks dataset classes up by name in ppdet.data.source (dataset.py:279)
 source.CurriculumVOCDataSet = CurriculumVOCDataSet
 
 
@@ -122,10 +125,39 @@ def build_config(config: Path, data_dir: Path, out: Path, epochs: int | None) ->
     return cfg
 
 
-def train(cfg: dict, out: Path, seed: int) -> tuple[Path, list[dict[str, float]]]:
-    """Trains with validation; returns the best checkpoint and the learning curve."""
-    seed_everything(seed)
+def direction_spec(cfg: dict, pretrain_iterations: int | None
+                   ) -> arrow_direction.ArrowDirectionSpec | None:
+    """The config's `ArrowDirection` section (None when it has none), iterations overridden."""
+    if "ArrowDirection" not in cfg:
+        return None
+    section = dict(cfg["ArrowDirection"])
+    section["frozen_layers"] = tuple(section.get("frozen_layers", ()))
+    spec = arrow_direction.ArrowDirectionSpec(**section)
+    if pretrain_iterations is None:
+        return spec
+    return dataclasses.replace(spec, iterations=pretrain_iterations)
+
+
+def pretrain(cfg: dict, spec: arrow_direction.ArrowDirectionSpec, data_dir: Path, out: Path,
+             seed: int) -> arrow_direction.Pretrained:
+    """train.arrow_direction's pretraining on the training list; the backbone is saved beside
+    the checkpoints."""
+    pretrained = arrow_direction.pretrain_backbone(
+        spec, data_dir, Path(cfg["TrainDataset"]["anno_path"]).name,
+        arrow_probe.input_preprocessor(cfg), seed)
+    paddle.save(pretrained.state, str(out / "arrow_direction_backbone.pdparams"))
+    return pretrained
+
+
+def train(cfg: dict, out: Path,
+          direction: tuple[arrow_direction.ArrowDirectionSpec, arrow_direction.Pretrained] | None
+          ) -> tuple[Path, list[dict[str, float]]]:
+    """Trains with validation, from the arrow-direction backbone (its stem frozen) when given;
+    returns the best checkpoint and the learning curve."""
     model = create(cfg["architecture"])
+    if direction is not None:
+        model.set_state_dict(direction[1].state)
+        arrow_direction.freeze_pretrained_layers(model.backbone, direction[0].frozen_layers)
     init_objectness_bias(model)
     cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
     try:
@@ -150,6 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="PaddleDetection YAML (default: the project's default detector)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: the config's)")
+    parser.add_argument("--pretrain-iterations", type=int, default=None,
+                        help="iterations of the lamp pretraining (default: the config's)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for the data and the training (default: %(default)s)")
     parser.add_argument("--train-images", type=int, default=traffic_light_data.DatasetSpec.train,
@@ -172,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     traffic_light_data.generate(args.data_dir, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = build_config(args.config, args.data_dir, args.out, args.epochs)
-    best, curve = train(cfg, args.out, args.seed)
+    seed_everything(args.seed)
+    direction = direction_spec(cfg, args.pretrain_iterations)
+    pretrained = direction and pretrain(cfg, direction, args.data_dir, args.out, args.seed)
+    best, curve = train(cfg, args.out, direction and (direction, pretrained))
     trained_minutes = (time.monotonic() - started) / 60
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.detector",
@@ -186,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         "training_minutes": round(trained_minutes, 1),
         "valid_map50": max((point["map50"] for point in curve), default=None),
         "map_type": cfg["map_type"],
+        "arrow_direction": direction and {
+            **dataclasses.asdict(direction), "pretrain_crops": pretrained.crops,
+            "pretrain_held_out_accuracy": round(pretrained.held_out_accuracy, 4)},
         "curve": curve,
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
