@@ -1,4 +1,5 @@
-"""train.arrow_direction: crops on the lit arrow, a backbone the detector loads whole, the loss."""
+"""train.arrow_direction: crops on the lit arrow, a backbone the detector loads whole, frozen
+layers that stay as pretrained."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def cfg() -> dict:
 
 
 def spec_of(cfg: dict, **changes: int) -> arrow_direction.ArrowDirectionSpec:
-    return dataclasses.replace(arrow_direction.ArrowDirectionSpec(**cfg["ArrowDirection"]),
-                               **changes)
+    spec = detector.direction_spec(cfg, pretrain_iterations=None)
+    assert spec is not None, "the default config has an ArrowDirection section"
+    return dataclasses.replace(spec, **changes)
 
 
 def crops_of(scenes: Path, cfg: dict, **changes: int) -> list[tuple[np.ndarray, bool]]:
