@@ -149,15 +149,14 @@ def pretrain(cfg: dict, spec: arrow_direction.ArrowDirectionSpec, data_dir: Path
     return pretrained
 
 
-def train(cfg: dict, out: Path,
-          direction: tuple[arrow_direction.ArrowDirectionSpec, arrow_direction.Pretrained] | None
-          ) -> tuple[Path, list[dict[str, float]]]:
-    """Trains with validation, from the arrow-direction backbone (its stem frozen) when given;
-    returns the best checkpoint and the learning curve."""
+def train(cfg: dict, out: Path, pretrained: arrow_direction.Pretrained | None,
+          frozen_layers: tuple[str, ...] = ()) -> tuple[Path, list[dict[str, float]]]:
+    """Trains with validation, from the arrow-direction backbone with `frozen_layers` kept as
+    pretrained when given; returns the best checkpoint and the learning curve."""
     model = create(cfg["architecture"])
-    if direction is not None:
-        model.set_state_dict(direction[1].state)
-        arrow_direction.freeze_pretrained_layers(model.backbone, direction[0].frozen_layers)
+    if pretrained is not None:
+        model.set_state_dict(pretrained.state)
+        arrow_direction.freeze_pretrained_layers(model.backbone, frozen_layers)
     init_objectness_bias(model)
     cfg["model"] = model  # Trainer takes a prebuilt model from cfg.model
     try:
@@ -209,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     direction = direction_spec(cfg, args.pretrain_iterations)
     pretrained = direction and pretrain(cfg, direction, args.data_dir, args.out, args.seed)
-    best, curve = train(cfg, args.out, direction and (direction, pretrained))
+    best, curve = train(cfg, args.out, pretrained,
+                        direction.frozen_layers if direction else ())
     trained_minutes = (time.monotonic() - started) / 60
     metrics = {
         "command": shlex.join([Path(sys.executable).name, "-m", "train.detector",
