@@ -3,8 +3,10 @@
 For each model: (a) the in-process limit (the service's own work in plain loops, over several
 ways of using the cores; the best one is the limit), (b) each served variant (by default the
 project's configuration and the upstream reference configuration) over HTTP and gRPC at each
-concurrency, with a closed-loop load generator sending pre-encoded requests. Outputs: a table on
-stdout, <out>/bench.json, <out>/bench.md (the table in Markdown) and <out>/bench.png.
+concurrency, with a closed-loop load generator sending pre-encoded requests, (c) paired rounds:
+the limit and the project's HTTP path at 8 clients measured alternately; the median of the
+rounds' ratios is the figure that survives the machine's drift. Outputs: a table on stdout,
+<out>/bench.json, <out>/bench.md (the table in Markdown) and <out>/bench.png.
 """
 
 import compat  # noqa: F401, I001  # first import of every entry point
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,7 +39,7 @@ REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "use_mkldnn": "false", "reuse_freed_memory": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
-         "inprocess": "1x1", "inprocess_duration": 0.5}
+         "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1}
 EPILOG = """\
 examples:
   python -m bench                                   # both models, full run (~15 min)
@@ -77,19 +80,53 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def bench_inprocess(args: argparse.Namespace, layout: Layout, name: str, jpegs: list[bytes],
+def bench_inprocess(args: argparse.Namespace, layout: Layout, name: str, images_file: Path,
                     project_runtime: dict[str, str]) -> list[dict]:
-    images_file = args.out / f"{name}-images.json"
-    images_file.write_text(json.dumps({"jpegs_hex": [jpeg.hex() for jpeg in jpegs]}))
     strategies = [inprocess.Strategy.parse(s) for s in args.inprocess.split(",")]
     results = []
     for strategy in strategies:
         log.info("[%s] in-process %s", name, strategy.label)
-        results.append(inprocess.measure(
-            strategy, layout.models_dir / name, layout.serving_server(name), images_file,
-            [f"{k}={v}" for k, v in project_runtime.items()], args.inprocess_duration,
-            args.warmup, args.out / "logs" / f"{name}-inprocess.log"))
+        results.append(measure_inprocess(args, layout, name, strategy, images_file,
+                                         project_runtime))
     return results
+
+
+def measure_inprocess(args: argparse.Namespace, layout: Layout, name: str,
+                      strategy: inprocess.Strategy, images_file: Path,
+                      project_runtime: dict[str, str]) -> dict[str, Any]:
+    return inprocess.measure(
+        strategy, layout.models_dir / name, layout.serving_server(name), images_file,
+        [f"{k}={v}" for k, v in project_runtime.items()], args.inprocess_duration,
+        args.warmup, args.out / "logs" / f"{name}-inprocess.log")
+
+
+def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_file: Path,
+                 payloads: Payloads, runtime: dict[str, str], limit: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """The target ratio with the machine's drift cancelled: the limit's in-process strategy and
+    the project's HTTP path at --paired-concurrency, alternated --rounds times against one
+    running service. A shared VM's speed moves by up to a fifth within minutes; both sides of
+    a round see the same machine, and the median round is the figure."""
+    strategy = inprocess.Strategy.parse(limit["strategy"])
+    concurrency = args.paired_concurrency
+    service = services.start(layout.models_dir, layout.build_dir, name, runtime)
+    rounds = []
+    try:
+        for index in range(args.rounds):
+            alone = measure_inprocess(args, layout, name, strategy, images_file, runtime)
+            served, _ = measure_served(args, service, payloads, "http", concurrency)
+            rounds.append({"inprocess": alone["throughput"], "served": served["throughput"],
+                           "ratio": round(served["throughput"] / alone["throughput"], 3),
+                           "errors": served["errors"],
+                           "other_cores_busy": served["other_cores_busy"]})
+            log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, "
+                     "ratio %.3f", name, index + 1, strategy.label, alone["throughput"],
+                     concurrency, served["throughput"], rounds[-1]["ratio"])
+    finally:
+        services.stop(layout.models_dir, layout.build_dir, service)
+    return {"strategy": strategy.label, "transport": "http", "concurrency": concurrency,
+            "rounds": rounds,
+            "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3)}
 
 
 def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads: Payloads,
@@ -188,8 +225,10 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
     model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},
                              "failed_variants": {},
                              "mean_jpeg_bytes": round(sum(map(len, jpegs)) / len(jpegs))}
+    images_file = args.out / f"{name}-images.json"
+    images_file.write_text(json.dumps({"jpegs_hex": [jpeg.hex() for jpeg in jpegs]}))
     if args.inprocess:
-        model["inprocess"] = bench_inprocess(args, layout, name, jpegs,
+        model["inprocess"] = bench_inprocess(args, layout, name, images_file,
                                              variants.get("project", {}))
         model["inprocess_limit"] = max(model["inprocess"], key=lambda s: s["throughput"])
     for variant_name, runtime in variants.items():
@@ -202,6 +241,10 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
             model["failed_variants"][variant_name] = {"runtime": runtime, "error": str(error)}
     report.add_ratios(model, "reference")
     report.add_latency_overheads(model)
+    if args.rounds and model["inprocess_limit"] and "project" in variants:
+        log.info("[%s] %d paired rounds", name, args.rounds)
+        model["paired"] = bench_paired(args, layout, name, images_file, payloads,
+                                       variants["project"], model["inprocess_limit"])
     return model
 
 
@@ -255,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
                              "'' to skip (default 1x2,2x1,1x1,2x1b4)")
     parser.add_argument("--inprocess-duration", type=float, default=8.0,
                         help="timed seconds per in-process strategy (default 8)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="paired rounds: the in-process limit and the project's HTTP path "
+                             "at --paired-concurrency measured alternately, the median ratio "
+                             "reported (default 5; 0 to skip)")
+    parser.add_argument("--paired-concurrency", type=int, default=8,
+                        help="clients in the paired rounds (default 8, the target's)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run (seconds) to check the harness; figures mean nothing")
     return parser

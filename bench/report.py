@@ -54,6 +54,21 @@ def time_split(variant: dict[str, Any]) -> list[str]:
     return lines
 
 
+def paired_summary(model: dict[str, Any]) -> str | None:
+    """The paired rounds (bench_paired) in one line: each round's ratio and their median."""
+    paired = model.get("paired")
+    if not paired:
+        return None
+    rounds = paired["rounds"]
+    ratios = " ".join(f"{r['ratio']:.2f}" for r in rounds)
+    return (f"paired rounds, project http c={paired['concurrency']} / in-process "
+            f"{paired['strategy']}: {ratios} -> median {paired['median_ratio']:.3f} "
+            f"(served {min(r['served'] for r in rounds):.1f}-"
+            f"{max(r['served'] for r in rounds):.1f} req/s, in-process "
+            f"{min(r['inprocess'] for r in rounds):.1f}-{max(r['inprocess'] for r in rounds):.1f}"
+            f" img/s, errors {sum(r['errors'] for r in rounds)})")
+
+
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -109,6 +124,8 @@ def table(results: dict[str, Any]) -> str:
             if overheads:
                 lines.append(f"p50 overhead at concurrency 1, {variant_name} (vs in-process "
                              f"1x{variant['resolved_runtime']['thread_num']}): {overheads}")
+        if paired := paired_summary(model):
+            lines.append(paired)
         for variant_name, variant in model["variants"].items():
             idle, peak = variant["memory_idle"], variant["memory_peak"]
             lines.append(f"memory {variant_name}: idle RSS {idle['rss_mb']:.0f} MB / PSS "
@@ -145,6 +162,8 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {variant_name} | {overhead} | {idle['rss_mb']:.0f} / "
                          f"{idle['pss_mb']:.0f} | {peak['rss_mb']:.0f} / {peak['pss_mb']:.0f} | "
                          f"{idle['processes']} |")
+        if paired := paired_summary(model):
+            lines += ["", paired[0].upper() + paired[1:] + "."]
         lines.append("")
     return "\n".join(lines)
 

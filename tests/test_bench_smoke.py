@@ -71,6 +71,9 @@ def test_bench_smoke_writes_table_json_and_plot(tmp_path: Path) -> None:
                 assert run["errors"] == 0, run["first_error"]
                 assert run["requests"] > 0 and run["vs_reference"] is not None
             assert variant["memory_idle"]["rss_mb"] > 0
+        (paired_round,) = model["paired"]["rounds"]  # --smoke: one round
+        assert paired_round["errors"] == 0 and paired_round["served"] > 0, name
+        assert model["paired"]["median_ratio"] == paired_round["ratio"], name
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
