@@ -24,6 +24,7 @@ from typing import Any
 
 from bench import inprocess, loadgen, procstats, report, services, stages
 from bench.payloads import Payloads, encode_payloads, validation_images
+from serving.host import PUBLISH_EVERY_S
 from serving.layout import ROOT, Layout
 from serving.manager import ensure_serving_folder
 
@@ -35,8 +36,9 @@ log = logging.getLogger("bench")
 # most favourable choice for the reference. glibc's default heap settings, as upstream runs.
 REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
-                     "concurrency": "1", "thread_num": "2", "ir_optim": "false",
-                     "use_mkldnn": "false", "reuse_freed_memory": "false"}
+                     "concurrency": "1", "thread_num": "2", "batch_size": "1",
+                     "ir_optim": "false", "use_mkldnn": "false",
+                     "reuse_freed_memory": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1}
@@ -179,6 +181,7 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     host = "127.0.0.1"
     before = procstats.sample_group(service.pgid)
     busy_before = procstats.machine_busy_s()
+    totals_before = stages.scrape(service.http_port)
     with procstats.PeakMemory(service.pgid) as memory:
         if transport == "http":
             result = loadgen.run_http(host, service.http_port,
@@ -204,8 +207,10 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     loadgen_s = result.loadgen_cpu_s * elapsed / args.duration
     run["other_cores_busy"] = round(max(0.0, busy_s - (after.cpu_s - before.cpu_s) - loadgen_s)
                                     / elapsed, 2)
-    page = stages.busiest_page(service.http_port, "grpc" if transport == "rpc" else "http")
-    run["service_means_ms"] = stages.mean_ms(page) if page else {}
+    time.sleep(PUBLISH_EVERY_S + 0.1)  # until the other workers published their metrics
+    totals_after = stages.scrape(service.http_port)
+    run["service_means"] = (totals_after.since(totals_before).means()
+                            if totals_after and totals_before else {})
     return run, memory.peak or after
 
 

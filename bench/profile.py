@@ -36,8 +36,8 @@ WAITING = "waiting (no CPU): conditions, sockets"
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("predict (Paddle Inference)", ("LocalPredictor.predict (", "ModelOp.process (")),
     ("decode: base64 + JPEG + limits", ("decode_checked (",)),
-    ("preprocess: resize, crop, normalize", ("ModelHandler.preprocess (", "Preprocessor.")),
-    ("postprocess: outputs -> JSON", ("ModelHandler.postprocess (",)),
+    ("preprocess: resize, crop, normalize", ("ModelHandler.prepare (", "Preprocessor.")),
+    ("postprocess: outputs -> JSON", ("ModelHandler.respond (",)),
     ("HTTP request: headers + JSON body", ("_parse_body (", "parse_request (",
                                           "BaseHTTPRequestHandler.handle_one_request (")),
     ("HTTP response: JSON + write", ("_HttpHandler._reply (", "_HttpHandler._send")),

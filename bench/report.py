@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.stages import BATCH
+
 HEADER = (f"{'variant':<11}{'transport':<10}{'conc':>5}{'req/s':>9}{'p50':>8}{'p90':>8}"
           f"{'p99':>8}{'/inproc':>9}{'/ref':>7}{'srv cpu':>9}{'faults':>8}{'gen cpu':>9}"
           f"{'other':>7}{'err':>5}")
@@ -38,19 +40,20 @@ def add_latency_overheads(model: dict[str, Any]) -> None:
 
 
 def time_split(variant: dict[str, Any]) -> list[str]:
-    """Per transport at the lowest concurrency: client p50 against the service's own mean time
-    per request and per stage (from its /metrics; empty for fronts without metrics)."""
+    """Per run: client p50 against the service's own mean time per request and per stage, and
+    the mean images per predictor call (from its /metrics; none for fronts without metrics)."""
     lines = []
     for run in variant["runs"]:
-        means = run.get("service_means_ms") or {}
-        if run["concurrency"] != min(r["concurrency"] for r in variant["runs"]) or not means:
+        means = run.get("service_means") or {}
+        if not means:
             continue
         inside = means.get("service:" + ("grpc" if run["transport"] == "rpc" else "http"))
         stage_text = ", ".join(f"{key.split(':', 1)[1]} {ms:.1f}" for key, ms in means.items()
                                if key.startswith("stage:"))
         lines.append(f"{run['transport']} c={run['concurrency']}: client p50 "
                      f"{_number(run['p50_ms'], 1)} ms; inside the service (mean) "
-                     f"{_number(inside, 1)} ms; stages (mean ms) {stage_text}")
+                     f"{_number(inside, 1)} ms; stages (mean ms) {stage_text}; images per "
+                     f"predictor call {_number(means.get(BATCH), 2)}")
     return lines
 
 

@@ -211,7 +211,8 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     def serve_one(http_slot: WorkerSlot | None = None) -> int:
         # With several workers the fronts open once the model is loaded, so the kernel never
         # hands a connection to a worker that would answer 503 while the others are ready.
-        return serve(spec.service.name, lambda: build_servicer(handler, rendered), options,
+        return serve(spec.service.name,
+                     lambda clients: build_servicer(handler, rendered, clients), options,
                      ports.http, ports.rpc, forks=not runtime.is_thread_op or workers > 1,
                      http_slot=http_slot)
 

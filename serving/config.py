@@ -32,6 +32,11 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
     # 2 math threads per predictor cost about twice the CPU per request (OpenMP threads spin
     # while the process does Python work) and leave no core to the other worker.
     "thread_num": 1,
+    # Auto-batching: up to batch_size images per predictor call, from requests arriving
+    # together; a partial batch waits at most auto_batching_timeout ms, and only while the
+    # worker has more clients than the batch holds (serving.service.ModelOp).
+    "batch_size": 4,
+    "auto_batching_timeout": 10,
     "ir_optim": True,  # measured: predictor time 1.04 -> 0.60 ms on the tiny model
     "use_mkldnn": AUTO,
     "mem_optim": AUTO,
@@ -44,6 +49,8 @@ class Runtime:
     is_thread_op: bool
     concurrency: int
     thread_num: int
+    batch_size: int
+    auto_batching_timeout: int
     ir_optim: bool
     use_mkldnn: bool
     mem_optim: bool
@@ -113,8 +120,8 @@ def render_config(spec: ModelSpec, serving_server: Path, runtime: Runtime, http_
                 # on every request (operator.py:1073 appends to an item of an empty list).
                 "timeout": -1,
                 "retry": 1,
-                "batch_size": 1,
-                "auto_batching_timeout": -1,
+                "batch_size": runtime.batch_size,
+                "auto_batching_timeout": runtime.auto_batching_timeout,  # ms
                 "local_service_conf": {
                     "client_type": "local_predictor",
                     "model_config": str(serving_server.resolve()),

@@ -16,7 +16,7 @@ import binascii
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ PIPELINE_KEYS = frozenset({"pipeline.profile"})
 # Reserved response key carrying per-stage seconds from the Op back to the front (which strips
 # it): with process ops the Op runs in another process, so the timings travel with the answer.
 STAGES_KEY = "@stage_seconds"
+# Reserved response key, the same way: how many images the predictor call that served the
+# request held (auto-batching merges requests), for the serving_batch_images metric.
+BATCH_KEY = "@batch_images"
 
 
 def image_keys(request: Mapping[str, Any], max_images: int = DEFAULT_LIMITS.max_images
@@ -99,6 +102,15 @@ def decode_checked(key: str, value: Any, limits: Limits) -> np.ndarray:
 
 
 @dataclass
+class Prepared:
+    """One request's images, decoded and preprocessed, not yet stacked into a feed."""
+
+    keys: list[str]
+    samples: list[Sample]
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+@dataclass
 class Batch:
     keys: list[str]
     feed: dict[str, np.ndarray]
@@ -106,7 +118,11 @@ class Batch:
 
 
 class ModelHandler:
-    """Pre- and postprocessing of one described model; `load()` before use."""
+    """Pre- and postprocessing of one described model; `load()` before use.
+
+    One request in one predictor call: `preprocess`, predict, `postprocess`. The service's Op
+    uses the finer steps, to predict several requests in one call: `prepare` each request,
+    predict on `feed(all samples)`, `split` the outputs per image, `respond` to each request."""
 
     def __init__(self, spec: ModelSpec, serving_server: Path | None = None,
                  limits: Limits = DEFAULT_LIMITS):
@@ -124,6 +140,13 @@ class ModelHandler:
         return self
 
     def preprocess(self, request: Mapping[str, Any]) -> Batch:
+        prepared = self.prepare(request)
+        return Batch(prepared.keys, self.feed(prepared.samples), prepared.seconds)
+
+    def postprocess(self, keys: list[str], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
+        return self.respond(keys, self.split(outputs, len(keys)))
+
+    def prepare(self, request: Mapping[str, Any]) -> Prepared:
         assert self._preprocessor is not None, "call load() first"
         started = time.perf_counter()
         keys = image_keys(request, self.limits.max_images)
@@ -135,22 +158,28 @@ class ModelHandler:
                 samples.append(self._preprocessor.from_array(image))
             except ValueError as error:  # e.g. smaller than the crop
                 raise ServiceError("NOT_AN_IMAGE", f"{key}: {error}") from None
-        feed = self._feed(samples)
-        return Batch(keys=keys, feed=feed, seconds={"decode": decoded - started,
-                                                    "preprocess": time.perf_counter() - decoded})
+        return Prepared(keys=keys, samples=samples,
+                        seconds={"decode": decoded - started,
+                                 "preprocess": time.perf_counter() - decoded})
 
-    def postprocess(self, keys: list[str], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
-        assert self._postprocessor is not None, "call load() first"
-        results = self._postprocessor(outputs, len(keys))
-        return {key: json.dumps(result) for key, result in zip(keys, results, strict=True)}
-
-    def _feed(self, samples: list[Sample]) -> dict[str, np.ndarray]:
+    def feed(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         sources = {
             "image": lambda: stack_padded([s.image for s in samples]),
             "im_shape": lambda: np.array([s.im_shape for s in samples], dtype=np.float32),
             "scale_factor": lambda: np.array([s.scale_factor for s in samples], dtype=np.float32),
         }
         return {name: sources[source]() for name, source in self.spec.feeds.items()}
+
+    def split(self, outputs: Mapping[str, np.ndarray], count: int) -> list[np.ndarray]:
+        """The outputs of a call on `count` images -> each image's part, in feed order."""
+        assert self._postprocessor is not None, "call load() first"
+        return self._postprocessor.split(outputs, count)
+
+    def respond(self, keys: list[str], image_outputs: Sequence[np.ndarray]) -> dict[str, str]:
+        """Each image's part of the outputs -> one JSON result per image key."""
+        assert self._postprocessor is not None, "call load() first"
+        return {key: json.dumps(self._postprocessor.image_result(part))
+                for key, part in zip(keys, image_outputs, strict=True)}
 
 
 def stack_padded(images: list[np.ndarray]) -> np.ndarray:

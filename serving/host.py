@@ -38,7 +38,7 @@ from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_
 from serving import errors
 from serving.balance import BACKLOG, SharedListener, WorkerSlot
 from serving.errors import BY_NAME
-from serving.handler import STAGES_KEY
+from serving.handler import BATCH_KEY, STAGES_KEY
 from serving.metrics import (
     CONTENT_TYPE,
     CallbackCounter,
@@ -58,6 +58,8 @@ PROBE_TIMEOUT_S = 30.0
 STARTUP_TIMEOUT_S = 600.0
 PUBLISH_EVERY_S = 1.0  # worker processes share their metrics this often (serve_workers)
 _WORKER_METRICS_DIR: Path | None = None  # set in worker processes by serve_workers
+ACTIVE_CLIENT_S = 1.0  # a connection that sent a request this recently counts as a client
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 DISCARD_LIMIT = 64 << 20  # refused bodies larger than this are not read: the connection closes
 
 
@@ -79,6 +81,10 @@ class ServiceMetrics:
         self.stages: Histogram = add(Histogram(  # type: ignore[assignment]
             "serving_stage_duration_seconds", "Time per pipeline stage of successful requests "
             "(decode, preprocess, predict, postprocess).", ("service", "stage")))
+        self.batch_images: Histogram = add(Histogram(  # type: ignore[assignment]
+            "serving_batch_images", "Images in the predictor call that served each successful "
+            "request (auto-batching merges requests arriving together).", ("service",),
+            buckets=BATCH_BUCKETS))
         add(CallbackCounter("serving_requests_accepted_total", "Prediction requests admitted "
                             "to the pipeline (not refused as draining, unready or overloaded).",
                             lambda: host.accepted))
@@ -136,6 +142,7 @@ class ServiceHost:
         self._last_success = 0.0
         self._workers: list[Any] = []  # DAG threads and op processes, checked by readiness
         self._probe_lock = threading.Lock()
+        self._last_request: dict[Any, float] = {}  # connection -> when it last sent a request
         self.metrics = ServiceMetrics(self)
         self.workers_metrics = (WorkerMetrics(_WORKER_METRICS_DIR, self.metrics)
                                 if _WORKER_METRICS_DIR is not None else None)
@@ -208,6 +215,26 @@ class ServiceHost:
                 return False
         return True
 
+    # --- clients (the Op's auto-batching waits for more requests only while there are more
+    # clients than its batch holds) -----------------------------------------------------------
+
+    def note_client(self, connection: Any) -> None:
+        """A request arrived on `connection` (an HTTP connection, or a gRPC peer)."""
+        self._last_request[connection] = time.monotonic()
+
+    def forget_client(self, connection: Any) -> None:
+        self._last_request.pop(connection, None)
+
+    def clients(self) -> int:
+        """Connections that sent a request within ACTIVE_CLIENT_S: in a closed loop, the
+        requests that will come next. Called once per batch by the Op thread."""
+        horizon = time.monotonic() - ACTIVE_CLIENT_S
+        stale = [connection for connection, at in list(self._last_request.items())
+                 if at < horizon]
+        for connection in stale:  # gRPC peers are never told apart from closed ones
+            self._last_request.pop(connection, None)
+        return len(self._last_request)
+
     # --- predictions -----------------------------------------------------------------------
 
     def predict(self, request: pipeline_service_pb2.Request, protocol: str
@@ -248,12 +275,12 @@ class ServiceHost:
 
     def _record(self, reply: pipeline_service_pb2.Response, protocol: str,
                 seconds: float) -> None:
-        if STAGES_KEY in reply.key:
-            index = list(reply.key).index(STAGES_KEY)
-            for stage, value in json.loads(reply.value[index]).items():
-                self.metrics.stages.observe(value, self.service, stage)
-            del reply.key[index], reply.value[index]
         metrics = self.metrics
+        if (stages := _pop_reserved(reply, STAGES_KEY)) is not None:
+            for stage, value in json.loads(stages).items():
+                metrics.stages.observe(value, self.service, stage)
+        if (images := _pop_reserved(reply, BATCH_KEY)) is not None:
+            metrics.batch_images.observe(int(images), self.service)
         metrics.requests.inc(self.service, protocol, errors.outcome(reply.err_no),
                              str(reply.err_no))
         metrics.latency.observe(seconds, self.service, protocol)
@@ -288,12 +315,23 @@ class ServiceHost:
             return self.inflight == 0
 
 
+def _pop_reserved(reply: pipeline_service_pb2.Response, key: str) -> str | None:
+    """Removes the Op's reserved `key` from the answer; its value, if it was there."""
+    if key not in reply.key:
+        return None
+    index = list(reply.key).index(key)
+    value = reply.value[index]
+    del reply.key[index], reply.value[index]
+    return value
+
+
 class _GrpcServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     def __init__(self, host: ServiceHost):
         self._host = host
 
     def inference(self, request: pipeline_service_pb2.Request, context: Any
                   ) -> pipeline_service_pb2.Response:
+        self._host.note_client(context.peer())
         return self._host.predict(request, "grpc")
 
 
@@ -353,11 +391,16 @@ class _HttpHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     def do_POST(self) -> None:
+        self.server.host.note_client(self)
         with self.server.host.responding() as allowed:
             if allowed:
                 self._post()
             else:
                 self.close_connection = True
+
+    def finish(self) -> None:  # the connection is closing
+        self.server.host.forget_client(self)
+        super().finish()
 
     def _get(self) -> None:
         host = self.server.host
@@ -465,10 +508,12 @@ def _parse_body(body: bytes, service: str) -> pipeline_service_pb2.Request:
     return pipeline_service_pb2.Request(key=keys, value=values, name=service, logid=logid)
 
 
-def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptions,
+def serve(service: str, build_servicer: Callable[[Callable[[], int]], Any],
+          options: ServiceOptions,
           http_port: int, rpc_port: int, forks: bool, http_slot: WorkerSlot | None = None
           ) -> int:
-    """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit status.
+    """Build the pipeline (build_servicer gets the host's client count, for the Op's
+    auto-batching), serve both ports until SIGTERM/SIGINT, drain, exit status.
 
     forks: the pipeline starts process ops (is_thread_op false). Their DAG must then be built
     before any socket exists, or the children would inherit the listening sockets (and keep the
@@ -479,7 +524,7 @@ def serve(service: str, build_servicer: Callable[[], Any], options: ServiceOptio
     host = ServiceHost(service, options)
     fronts = None if forks else _open_fronts(host, http_port, rpc_port, http_slot)
     threads_before = set(threading.enumerate())
-    servicer = build_servicer()
+    servicer = build_servicer(host.clients)
     host.attach(servicer, [t for t in threading.enumerate() if t not in threads_before]
                 + multiprocessing.active_children())
     stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM

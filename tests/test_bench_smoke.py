@@ -16,7 +16,7 @@ from service_helpers import QUIET_ENV, ROOT, save_tiny_models
 
 from bench.inprocess import Strategy
 from bench.loadgen import parse_http_response
-from bench.stages import mean_ms
+from bench.stages import parse
 
 MODELS = ("peach", "traffic_light")
 
@@ -32,14 +32,21 @@ def test_http_response_parser_handles_lengths_chunks_and_partial_reads() -> None
     assert parse_http_response(chunked[:-4]) is None
 
 
-def test_stage_means_from_metrics_page() -> None:
-    page = "\n".join([
-        'serving_stage_duration_seconds_sum{service="peach",stage="predict"} 1.5',
-        'serving_stage_duration_seconds_count{service="peach",stage="predict"} 100',
-        'serving_stage_duration_seconds_bucket{service="peach",stage="predict",le="+Inf"} 100',
-        'serving_request_duration_seconds_sum{service="peach",protocol="http"} 2',
-        'serving_request_duration_seconds_count{service="peach",protocol="http"} 100'])
-    assert mean_ms(page) == {"service:http": 20.0, "stage:predict": 15.0}
+def test_stage_means_from_metrics_pages_taken_before_and_after_a_run() -> None:
+    def page(predict_s: float, requests: int, images: int) -> str:
+        return "\n".join([
+            f'serving_stage_duration_seconds_sum{{service="peach",stage="predict"}} {predict_s}',
+            f'serving_stage_duration_seconds_count{{service="peach",stage="predict"}} {requests}',
+            'serving_stage_duration_seconds_bucket{service="peach",stage="predict",le="+Inf"} 1',
+            f'serving_request_duration_seconds_sum{{service="peach",protocol="http"}} {predict_s}',
+            f'serving_request_duration_seconds_count{{service="peach",protocol="http"}} {requests}',
+            f'serving_batch_images_sum{{service="peach"}} {images}',
+            f'serving_batch_images_count{{service="peach"}} {requests}'])
+
+    before, after = parse(page(1.0, 100, 100)), parse(page(2.5, 200, 400))
+    assert after.since(before).means() == {"batch:images": 3.0, "service:http": 15.0,
+                                           "stage:predict": 15.0}
+    assert before.means()["batch:images"] == 1.0
 
 
 def test_inprocess_strategy_names() -> None:

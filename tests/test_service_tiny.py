@@ -5,9 +5,12 @@ in-process predictor, error handling, start-up failure. Accuracy is test_service
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -21,7 +24,9 @@ from service_helpers import (
     save_tiny_models,
 )
 
+from bench import stages
 from bench.loadgen import parse_http_response
+from serving.host import PUBLISH_EVERY_S
 from serving.manager import INPUTS_FILE, free_ports
 from serving.model_spec import ModelSpec
 from serving.protocol import decode_results, http_url, post_http, request_items
@@ -101,15 +106,68 @@ def test_http_rpc_and_in_process_agree(services: Services, images: list[Path]) -
         http = _results(_http(services, name, data))
         rpc = _results(_rpc(services, name, data))
         local = in_process_results(services.models_dir, services.build_dir, name, data)
-        assert list(http) == list(rpc) == list(local) == ["image_0", "image_1", "image_2"]
-        for key in http:
-            assert len(http[key]) == len(rpc[key]) == len(local[key]) > 0
-            for ours, *served in zip(local[key], http[key], rpc[key], strict=True):
-                for other in served:
-                    assert other["class_id"] == ours["class_id"]
-                    assert other["score"] == pytest.approx(ours["score"], abs=1e-5)
-                    if "bbox" in ours:
-                        np.testing.assert_allclose(other["bbox"], ours["bbox"], atol=1e-3)
+        assert list(local) == ["image_0", "image_1", "image_2"]
+        _assert_same_results(http, local)
+        _assert_same_results(rpc, local)
+
+
+def _assert_same_results(served: dict[str, list], local: dict[str, list]) -> None:
+    assert list(served) == list(local)
+    for key in served:
+        assert len(served[key]) == len(local[key]) > 0
+        for theirs, ours in zip(served[key], local[key], strict=True):
+            assert theirs["class_id"] == ours["class_id"]
+            assert theirs["score"] == pytest.approx(ours["score"], abs=1e-5)
+            if "bbox" in ours:
+                np.testing.assert_allclose(theirs["bbox"], ours["bbox"], atol=1e-3)
+
+
+def _closed_loop_clients(port: int, name: str, requests: list[list[bytes]], rounds: int
+                         ) -> list[list[dict]]:
+    """One keep-alive HTTP client per request, all at once, each sending its request `rounds`
+    times in a row; their answers."""
+    answers: list[list[dict]] = [[] for _ in requests]
+
+    def client(index: int) -> None:
+        items = request_items(requests[index])
+        body = json.dumps({"key": list(items), "value": list(items.values())})
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for _ in range(rounds):
+            connection.request("POST", f"/{name}/prediction", body,
+                               {"Content-Type": "application/json"})
+            answers[index].append(json.loads(connection.getresponse().read()))
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return answers
+
+
+def test_requests_batched_together_each_get_their_own_answer(
+        services: Services, images: list[Path]) -> None:
+    """Four keep-alive clients in a closed loop (two per worker): the Op merges their requests
+    into shared predictor calls, and each answer still equals the in-process one for that
+    request alone, whatever the number of images per request."""
+    data = [image.read_bytes() for image in images]
+    requests = [[data[0]], [data[1], data[2]], [data[2]], [data[0], data[1], data[2]]]
+    rounds = 8
+    for name in MODELS:
+        port = services.ports[name][0]
+        expected = [in_process_results(services.models_dir, services.build_dir, name, request)
+                    for request in requests]
+        before = stages.scrape(port)
+        answers = _closed_loop_clients(port, name, requests, rounds)
+        for replies, local in zip(answers, expected, strict=True):
+            assert len(replies) == rounds
+            for reply in replies:
+                _assert_same_results(_results(reply), local)
+        time.sleep(PUBLISH_EVERY_S + 0.2)  # both workers' metrics published
+        images_per_call = stages.scrape(port).since(before).means()["batch:images"]
+        unbatched = sum(map(len, requests)) / len(requests)  # 1.75: one request per call
+        assert images_per_call > unbatched + 0.5, (name, images_per_call)
 
 
 def test_detector_boxes_are_in_original_pixels_sorted_and_per_image(

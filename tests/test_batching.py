@@ -1,0 +1,72 @@
+"""Auto-batching policy (serving.service.collect_batches) on upstream's real ThreadChannel: a
+lone client never waits, queued requests share a batch, a partial batch waits only for clients
+whose requests are on the way, and never longer than the timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from paddle_serving_server.pipeline.channel import ChannelData, ChannelDataType, ThreadChannel
+
+from serving.service import collect_batches
+
+OP = "model"
+LONG = 5.0  # seconds: a timeout no test may sit out
+
+
+def _channel() -> ThreadChannel:
+    channel = ThreadChannel(name="model_input")
+    channel.add_producer("@read")
+    channel.add_consumer(OP)
+    return channel
+
+
+def _push(channel: ThreadChannel, *ids: int) -> None:
+    for data_id in ids:
+        data = ChannelData(ChannelDataType.DICT.value, dictdata={"image": ""}, data_id=data_id,
+                           log_id=data_id)
+        channel.push(data, "@read")
+
+
+def _next_batch(channel: ThreadChannel, batch_size: int, timeout: float,
+                clients: Callable[[], int]) -> tuple[list[int], float]:
+    started = time.monotonic()
+    batch = next(collect_batches(channel, OP, batch_size, timeout, clients))
+    return [item["@read"].id for item in batch], time.monotonic() - started
+
+
+def test_a_lone_client_never_waits_for_company() -> None:
+    channel = _channel()
+    _push(channel, 1)
+    ids, seconds = _next_batch(channel, 4, LONG, lambda: 1)
+    assert ids == [1]
+    assert seconds < LONG / 5
+
+
+def test_queued_requests_share_a_batch_up_to_batch_size() -> None:
+    channel = _channel()
+    _push(channel, 1, 2, 3, 4, 5, 6)
+    batches = collect_batches(channel, OP, 4, LONG, lambda: 0)
+    assert [item["@read"].id for item in next(batches)] == [1, 2, 3, 4]
+    assert [item["@read"].id for item in next(batches)] == [5, 6]
+
+
+def test_a_partial_batch_waits_for_requests_on_their_way() -> None:
+    channel = _channel()
+    _push(channel, 1)
+    late = threading.Timer(0.2, _push, (channel, 2, 3))
+    late.start()
+    ids, seconds = _next_batch(channel, 4, LONG, lambda: 3)
+    late.join()
+    assert ids == [1, 2, 3]
+    assert 0.2 <= seconds < LONG / 5
+
+
+def test_a_partial_batch_waits_no_longer_than_the_timeout() -> None:
+    channel = _channel()
+    _push(channel, 1)
+    ids, seconds = _next_batch(channel, 4, 0.3, lambda: 4)
+    assert ids == [1]
+    assert 0.3 <= seconds < LONG / 5
