@@ -4,8 +4,9 @@ For each model: (a) the in-process limit (the service's own work in plain loops,
 ways of using the cores; the best one is the limit), (b) each served variant (by default the
 project's configuration and the upstream reference configuration) over HTTP and gRPC at each
 concurrency, with a closed-loop load generator sending pre-encoded requests, (c) paired rounds:
-the limit and the project's HTTP path at 8 clients measured alternately; the median of the
-rounds' ratios is the figure that survives the machine's drift. Outputs: a table on stdout,
+the limit then the project's HTTP path at 8 clients, one in-process worker then HTTP at one
+client, repeated; the medians of the rounds' ratios and p50 overheads are the figures that
+survive the machine's drift. Outputs: a table on stdout,
 <out>/bench.json, <out>/bench.md (the table in Markdown) and <out>/bench.png.
 """
 
@@ -33,10 +34,11 @@ log = logging.getLogger("bench")
 # PaddleClas's shipped deploy/paddleserving/config.yml served the upstream way (Paddle Serving's
 # Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
 # thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
-# most favourable choice for the reference. glibc's default heap settings, as upstream runs.
+# most favourable choice for the reference. OpenCV's and glibc's defaults, as upstream runs.
 REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
-                     "concurrency": "1", "thread_num": "2", "batch_size": "1",
+                     "concurrency": "1", "thread_num": "2", "image_threads": "2",
+                     "batch_size": "1",
                      "ir_optim": "false", "use_mkldnn": "false",
                      "reuse_freed_memory": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
@@ -103,13 +105,14 @@ def measure_inprocess(args: argparse.Namespace, layout: Layout, name: str,
 
 
 def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_file: Path,
-                 payloads: Payloads, runtime: dict[str, str], limit: dict[str, Any]
-                 ) -> dict[str, Any]:
-    """The target ratio with the machine's drift cancelled: the limit's in-process strategy and
-    the project's HTTP path at --paired-concurrency, alternated --rounds times against one
-    running service. A shared VM's speed moves by up to a fifth within minutes; both sides of
-    a round see the same machine, and the median round is the figure."""
-    strategy = inprocess.Strategy.parse(limit["strategy"])
+                 payloads: Payloads, runtime: dict[str, str], limit: dict[str, Any],
+                 threads: int) -> dict[str, Any]:
+    """The targets with the machine's drift cancelled, against one running service, --rounds
+    times: the limit's in-process strategy then the project's HTTP path at
+    --paired-concurrency (throughput ratio), one in-process worker with the service's math
+    threads then HTTP at one client (p50 overhead). A shared VM's speed moves by up to a fifth
+    within minutes; both sides of a pair see the same machine, and the median round counts."""
+    strategy, single = inprocess.Strategy.parse(limit["strategy"]), inprocess.Strategy(1, threads)
     concurrency = args.paired_concurrency
     service = services.start(layout.models_dir, layout.build_dir, name, runtime)
     rounds = []
@@ -117,18 +120,33 @@ def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_fil
         for index in range(args.rounds):
             alone = measure_inprocess(args, layout, name, strategy, images_file, runtime)
             served, _ = measure_served(args, service, payloads, "http", concurrency)
+            alone_one = measure_inprocess(args, layout, name, single, images_file, runtime)
+            served_one, _ = measure_served(args, service, payloads, "http", 1)
             rounds.append({"inprocess": alone["throughput"], "served": served["throughput"],
                            "ratio": round(served["throughput"] / alone["throughput"], 3),
-                           "errors": served["errors"],
-                           "other_cores_busy": served["other_cores_busy"]})
-            log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, "
-                     "ratio %.3f", name, index + 1, strategy.label, alone["throughput"],
-                     concurrency, served["throughput"], rounds[-1]["ratio"])
+                           # CPU ms per image in process vs per request served (+ load
+                           # generator): with both cores busy, the ratio's CPU share
+                           "inprocess_cpu_ms": alone["cpu_ms_per_image"],
+                           "served_cpu_ms": served["server_cpu_ms_per_request"],
+                           "loadgen_cpu_ms": served["loadgen_cpu_ms_per_request"],
+                           "inprocess_p50_ms": alone_one["p50_ms"],
+                           "served_p50_ms": served_one["p50_ms"],
+                           "p50_overhead_ms": round(served_one["p50_ms"] - alone_one["p50_ms"], 2),
+                           "errors": served["errors"] + served_one["errors"],
+                           "other_cores_busy": max(served["other_cores_busy"],
+                                                   served_one["other_cores_busy"])})
+            log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, ratio %.3f; "
+                     "p50 in-process %s %.1f ms, http c=1 %.1f ms", name, index + 1,
+                     strategy.label, alone["throughput"], concurrency, served["throughput"],
+                     rounds[-1]["ratio"], single.label, alone_one["p50_ms"],
+                     served_one["p50_ms"])
     finally:
         services.stop(layout.models_dir, layout.build_dir, service)
-    return {"strategy": strategy.label, "transport": "http", "concurrency": concurrency,
-            "rounds": rounds,
-            "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3)}
+    return {"strategy": strategy.label, "single": single.label, "transport": "http",
+            "concurrency": concurrency, "rounds": rounds,
+            "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
+            "median_p50_overhead_ms": round(statistics.median(r["p50_overhead_ms"]
+                                                              for r in rounds), 2)}
 
 
 def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads: Payloads,
@@ -246,10 +264,11 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
             model["failed_variants"][variant_name] = {"runtime": runtime, "error": str(error)}
     report.add_ratios(model, "reference")
     report.add_latency_overheads(model)
-    if args.rounds and model["inprocess_limit"] and "project" in variants:
+    if args.rounds and model["inprocess_limit"] and "project" in model["variants"]:
         log.info("[%s] %d paired rounds", name, args.rounds)
+        threads = int(model["variants"]["project"]["resolved_runtime"]["thread_num"])
         model["paired"] = bench_paired(args, layout, name, images_file, payloads,
-                                       variants["project"], model["inprocess_limit"])
+                                       variants["project"], model["inprocess_limit"], threads)
     return model
 
 

@@ -26,6 +26,7 @@ from serving.config import parse_overrides, resolve_runtime
 from serving.memory import reuse_freed_memory
 from serving.model_spec import ModelSpec
 from serving.options import resolve_options
+from serving.preprocess import use_image_threads
 from serving.protocol import request_items
 
 _STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")
@@ -115,6 +116,7 @@ def worker(args: argparse.Namespace) -> None:
     spec = ModelSpec.load(args.model_dir)
     overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
     runtime = resolve_runtime(spec, args.serving_server, overrides)
+    use_image_threads(runtime.image_threads)  # the service's OpenCV threads
     if resolve_options(spec.runtime, overrides).reuse_freed_memory:
         reuse_freed_memory()  # the same heap settings as the service (batches fault too)
     handler = ModelHandler(spec, args.serving_server).load()

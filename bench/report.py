@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,22 @@ def paired_summary(model: dict[str, Any]) -> str | None:
         return None
     rounds = paired["rounds"]
     ratios = " ".join(f"{r['ratio']:.2f}" for r in rounds)
+    overheads = " ".join(f"{r['p50_overhead_ms']:+.1f}" for r in rounds)
     return (f"paired rounds, project http c={paired['concurrency']} / in-process "
             f"{paired['strategy']}: {ratios} -> median {paired['median_ratio']:.3f} "
             f"(served {min(r['served'] for r in rounds):.1f}-"
             f"{max(r['served'] for r in rounds):.1f} req/s, in-process "
             f"{min(r['inprocess'] for r in rounds):.1f}-{max(r['inprocess'] for r in rounds):.1f}"
-            f" img/s, errors {sum(r['errors'] for r in rounds)})")
+            f" img/s; CPU ms per image {_median(rounds, 'inprocess_cpu_ms'):.1f} in process, "
+            f"per request {_median(rounds, 'served_cpu_ms'):.1f} served + "
+            f"{_median(rounds, 'loadgen_cpu_ms'):.2f} load generator, medians); "
+            f"p50 http c=1 - in-process {paired['single']}: {overheads} ms -> median "
+            f"{paired['median_p50_overhead_ms']:+.2f} ms; errors "
+            f"{sum(r['errors'] for r in rounds)}")
+
+
+def _median(rounds: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
 
 
 def _number(value: float | None, digits: int) -> str:

@@ -23,6 +23,7 @@ from serving.manager import (Record, ServingError, describe, ensure_serving_fold
                              process_alive, running_records, stop_record, wait_ready)
 from serving.memory import reuse_freed_memory
 from serving.options import resolve_options
+from serving.preprocess import use_image_threads
 from serving.supervisor import run_supervisor, supervisor_pid
 
 log = logging.getLogger("serving")
@@ -192,6 +193,7 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     os.environ.setdefault("SERVING_LOG_PATH", str(workdir))
     log.info("serving %s on http %d / rpc %d (front %s, host %s) with %s", spec.name, ports.http,
              ports.rpc, options.http_front, options.host, config)
+    use_image_threads(runtime.image_threads)
     if options.reuse_freed_memory and reuse_freed_memory():
         log.info("heap: freed buffers stay mapped for reuse (runtime reuse_freed_memory)")
     handler = ModelHandler(spec, serving_server, options.limits)

@@ -32,6 +32,7 @@ RUNTIME_DEFAULTS: dict[str, Any] = {
     # 2 math threads per predictor cost about twice the CPU per request (OpenMP threads spin
     # while the process does Python work) and leave no core to the other worker.
     "thread_num": 1,
+    "image_threads": 1,  # OpenCV's threads for decode and resize (serving.preprocess)
     # Auto-batching: up to batch_size images per predictor call, from requests arriving
     # together; a partial batch waits at most auto_batching_timeout ms, and only while the
     # worker has more clients than the batch holds (serving.service.ModelOp).
@@ -49,6 +50,7 @@ class Runtime:
     is_thread_op: bool
     concurrency: int
     thread_num: int
+    image_threads: int
     batch_size: int
     auto_batching_timeout: int
     ir_optim: bool

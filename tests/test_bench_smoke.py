@@ -81,6 +81,7 @@ def test_bench_smoke_writes_table_json_and_plot(tmp_path: Path) -> None:
         (paired_round,) = model["paired"]["rounds"]  # --smoke: one round
         assert paired_round["errors"] == 0 and paired_round["served"] > 0, name
         assert model["paired"]["median_ratio"] == paired_round["ratio"], name
+        assert model["paired"]["median_p50_overhead_ms"] == paired_round["p50_overhead_ms"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -19,6 +19,7 @@ from serving.layout import Layout, parse_port_flags, ports_for
 from serving.limits import Limits
 from serving.model_spec import ModelSpec, ModelSpecError, read_labels
 from serving.postprocess import Detection, TopK, build_postprocessor
+from serving.preprocess import use_image_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 INFER_CFG = {"Preprocess": [
@@ -175,6 +176,8 @@ def test_detection_splits_by_box_count_filters_and_sorts() -> None:
         [pytest.approx(0.9), pytest.approx(0.4)], [], [pytest.approx(0.35)]]
     assert result[0][0] == {"class_id": 1, "label": "Green", "score": pytest.approx(0.9),
                             "bbox": [5.0, 6.0, 7.0, 8.0]}
+    parts = detect.split({"boxes": boxes, "boxes_num": np.array([3, 0, 1], np.int32)}, 3)
+    assert [len(part) for part in parts] == [3, 0, 1]  # what a batched Op hands each request
     with pytest.raises(ValueError, match="inconsistent"):
         detect({"boxes": boxes, "boxes_num": np.array([5], np.int32)}, 1)
     empty = detect({"boxes": np.zeros((0, 6), np.float32), "boxes_num": np.array([0])}, 1)
@@ -210,13 +213,27 @@ def test_rendered_config_passes_the_pipeline_checker(model_copy, tmp_path: Path)
     from paddle_serving_server.pipeline.pipeline_server import ServerYamlConfChecker
 
     spec = ModelSpec.load(model_copy("traffic_light"))
-    config = render_config(spec, tmp_path, resolve_runtime(spec, tmp_path), 18093, 9994)
+    runtime = resolve_runtime(spec, tmp_path, {"batch_size": "8", "auto_batching_timeout": "3"})
+    config = render_config(spec, tmp_path, runtime, 18093, 9994)
     checked = ServerYamlConfChecker.load_server_yaml_conf(yml_dict=config)
-    service = checked["op"]["traffic_light"]["local_service_conf"]
+    op = checked["op"]["traffic_light"]
+    assert (op["batch_size"], op["auto_batching_timeout"]) == (8, 3)  # ms
+    service = op["local_service_conf"]
     assert service["client_type"] == "local_predictor"
     assert service["fetch_list"] == ["boxes", "boxes_num"]
     assert service["model_config"] == str(tmp_path.resolve())
     assert (checked["http_port"], checked["rpc_port"]) == (18093, 9994)
+
+
+def test_image_threads_set_opencvs_pool() -> None:
+    before = cv2.getNumThreads()
+    try:
+        use_image_threads(1)
+        assert cv2.getNumThreads() == 1
+        use_image_threads(2)
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
 
 
 def test_ports_come_from_flags_then_env_then_description(monkeypatch) -> None:
