@@ -118,8 +118,9 @@ def render_config(spec: ModelSpec, serving_server: Path, runtime: Runtime, http_
         "op": {
             spec.name: {
                 "concurrency": runtime.concurrency,
-                # -1: no per-request timeout. With a timeout, upstream's list-feed branch fails
-                # on every request (operator.py:1073 appends to an item of an empty list).
+                # -1: no per-call timeout. With one, upstream runs every predictor call in an
+                # extra thread (func_timeout, operator.py _run_process) and cannot stop a
+                # running prediction anyway.
                 "timeout": -1,
                 "retry": 1,
                 "batch_size": runtime.batch_size,
