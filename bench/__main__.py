@@ -6,8 +6,8 @@ project's configuration and the upstream reference configuration) over HTTP and 
 concurrency, with a closed-loop load generator sending pre-encoded requests, (c) paired rounds:
 the limit then the project's HTTP path at 8 clients, one in-process worker then HTTP at one
 client, repeated; the medians of the rounds' ratios and p50 overheads are the figures that
-survive the machine's drift. Outputs: a table on stdout,
-<out>/bench.json, <out>/bench.md (the table in Markdown) and <out>/bench.png.
+survive the machine's drift. Outputs: a table on stdout, <out>/bench.json, <out>/bench.md (the
+table in Markdown) and <out>/bench.png.
 """
 
 import compat  # noqa: F401, I001  # first import of every entry point
@@ -38,15 +38,14 @@ log = logging.getLogger("bench")
 REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "image_threads": "2",
-                     "batch_size": "1",
-                     "ir_optim": "false", "use_mkldnn": "false",
+                     "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
                      "reuse_freed_memory": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1}
 EPILOG = """\
 examples:
-  python -m bench                                   # both models, full run (~15 min)
+  python -m bench                                   # both models, full run (~21 min)
   python -m bench peach --transports http --concurrency 8 \\
       --variant project --variant tn1:thread_num=1  # a tuning comparison
   python -m bench --smoke                           # seconds: does the harness work?
@@ -122,19 +121,7 @@ def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_fil
             served, _ = measure_served(args, service, payloads, "http", concurrency)
             alone_one = measure_inprocess(args, layout, name, single, images_file, runtime)
             served_one, _ = measure_served(args, service, payloads, "http", 1)
-            rounds.append({"inprocess": alone["throughput"], "served": served["throughput"],
-                           "ratio": round(served["throughput"] / alone["throughput"], 3),
-                           # CPU ms per image in process vs per request served (+ load
-                           # generator): with both cores busy, the ratio's CPU share
-                           "inprocess_cpu_ms": alone["cpu_ms_per_image"],
-                           "served_cpu_ms": served["server_cpu_ms_per_request"],
-                           "loadgen_cpu_ms": served["loadgen_cpu_ms_per_request"],
-                           "inprocess_p50_ms": alone_one["p50_ms"],
-                           "served_p50_ms": served_one["p50_ms"],
-                           "p50_overhead_ms": round(served_one["p50_ms"] - alone_one["p50_ms"], 2),
-                           "errors": served["errors"] + served_one["errors"],
-                           "other_cores_busy": max(served["other_cores_busy"],
-                                                   served_one["other_cores_busy"])})
+            rounds.append(_round_figures(alone, served, alone_one, served_one))
             log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, ratio %.3f; "
                      "p50 in-process %s %.1f ms, http c=1 %.1f ms", name, index + 1,
                      strategy.label, alone["throughput"], concurrency, served["throughput"],
@@ -147,6 +134,22 @@ def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_fil
             "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
             "median_p50_overhead_ms": round(statistics.median(r["p50_overhead_ms"]
                                                               for r in rounds), 2)}
+
+
+def _round_figures(alone: dict[str, Any], served: dict[str, Any], alone_one: dict[str, Any],
+                   served_one: dict[str, Any]) -> dict[str, Any]:
+    """One paired round: throughput ratio at load, p50 overhead at one client, and the CPU per
+    image in process against per request served (+ the load generator's), which with both
+    cores busy is what the ratio is made of."""
+    return {"inprocess": alone["throughput"], "served": served["throughput"],
+            "ratio": round(served["throughput"] / alone["throughput"], 3),
+            "inprocess_cpu_ms": alone["cpu_ms_per_image"],
+            "served_cpu_ms": served["server_cpu_ms_per_request"],
+            "loadgen_cpu_ms": served["loadgen_cpu_ms_per_request"],
+            "inprocess_p50_ms": alone_one["p50_ms"], "served_p50_ms": served_one["p50_ms"],
+            "p50_overhead_ms": round(served_one["p50_ms"] - alone_one["p50_ms"], 2),
+            "errors": served["errors"] + served_one["errors"],
+            "other_cores_busy": max(served["other_cores_busy"], served_one["other_cores_busy"])}
 
 
 def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads: Payloads,
@@ -323,9 +326,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--inprocess-duration", type=float, default=8.0,
                         help="timed seconds per in-process strategy (default 8)")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="paired rounds: the in-process limit and the project's HTTP path "
-                             "at --paired-concurrency measured alternately, the median ratio "
-                             "reported (default 5; 0 to skip)")
+                        help="paired rounds: the in-process limit then the project's HTTP "
+                             "path at --paired-concurrency, one in-process worker then HTTP at "
+                             "one client; medians reported (default 5; 0 to skip)")
     parser.add_argument("--paired-concurrency", type=int, default=8,
                         help="clients in the paired rounds (default 8, the target's)")
     parser.add_argument("--smoke", action="store_true",
