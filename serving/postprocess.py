@@ -28,9 +28,6 @@ class Postprocessor(ABC):
     @abstractmethod
     def image_result(self, image_outputs: np.ndarray) -> Result: ...
 
-    def __call__(self, outputs: Mapping[str, np.ndarray], count: int) -> list[Result]:
-        return [self.image_result(part) for part in self.split(outputs, count)]
-
 
 class TopK(Postprocessor):
     """Classifier probabilities [N, classes] -> the k best classes per image."""

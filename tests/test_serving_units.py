@@ -18,7 +18,7 @@ from serving.handler import ModelHandler, decode_base64, image_keys, stack_padde
 from serving.layout import Layout, parse_port_flags, ports_for
 from serving.limits import Limits
 from serving.model_spec import ModelSpec, ModelSpecError, read_labels
-from serving.postprocess import Detection, TopK, build_postprocessor
+from serving.postprocess import Detection, Postprocessor, TopK, build_postprocessor
 from serving.preprocess import use_image_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,9 +158,16 @@ def test_stack_padded_pads_bottom_right() -> None:
     assert batch[0, :, :2, :4].min() == 1
 
 
+def _results(postprocessor: Postprocessor, outputs: dict[str, np.ndarray], count: int
+             ) -> list[list[dict]]:
+    """What the service answers for a call on `count` images: split, then one result each."""
+    return [postprocessor.image_result(part) for part in postprocessor.split(outputs, count)]
+
+
 def test_topk_orders_by_probability() -> None:
     topk = TopK(["a", "b", "c"], ["prediction"], k=2)
-    result = topk({"prediction": np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], np.float32)}, 2)
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], np.float32)
+    result = _results(topk, {"prediction": probabilities}, 2)
     assert [[p["label"] for p in r] for r in result] == [["b", "c"], ["a", "c"]]
     assert result[0][0] == {"class_id": 1, "label": "b", "score": pytest.approx(0.7)}
 
@@ -171,7 +178,7 @@ def test_detection_splits_by_box_count_filters_and_sorts() -> None:
                       [1, 0.9, 5, 6, 7, 8],
                       [0, 0.2, 9, 9, 9, 9],     # below threshold
                       [1, 0.35, 10, 11, 12, 13]], np.float32)  # image 2
-    result = detect({"boxes": boxes, "boxes_num": np.array([3, 0, 1], np.int32)}, 3)
+    result = _results(detect, {"boxes": boxes, "boxes_num": np.array([3, 0, 1], np.int32)}, 3)
     assert [[p["score"] for p in r] for r in result] == [
         [pytest.approx(0.9), pytest.approx(0.4)], [], [pytest.approx(0.35)]]
     assert result[0][0] == {"class_id": 1, "label": "Green", "score": pytest.approx(0.9),
@@ -179,8 +186,9 @@ def test_detection_splits_by_box_count_filters_and_sorts() -> None:
     parts = detect.split({"boxes": boxes, "boxes_num": np.array([3, 0, 1], np.int32)}, 3)
     assert [len(part) for part in parts] == [3, 0, 1]  # what a batched Op hands each request
     with pytest.raises(ValueError, match="inconsistent"):
-        detect({"boxes": boxes, "boxes_num": np.array([5], np.int32)}, 1)
-    empty = detect({"boxes": np.zeros((0, 6), np.float32), "boxes_num": np.array([0])}, 1)
+        detect.split({"boxes": boxes, "boxes_num": np.array([5], np.int32)}, 1)
+    empty = _results(detect, {"boxes": np.zeros((0, 6), np.float32),
+                              "boxes_num": np.array([0])}, 1)
     assert empty == [[]]
     assert json.loads(json.dumps(result))  # JSON-ready
 
