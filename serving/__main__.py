@@ -143,9 +143,11 @@ def _print_endpoints(records: list[Record], latencies: dict[str, float]) -> None
 
 
 def stop(layout: Layout, args: argparse.Namespace) -> int:
-    records = [r for r in running_records(layout) if not args.models or r.name in args.models]
     watching = supervisor_pid(layout) is not None
     _stop_supervisor(layout)  # first: it would restart the services we stop
+    # Read only now: a restart the supervisor finished meanwhile replaced a record, and the
+    # old one would name a dead process while the new service kept running, orphaned.
+    records = [r for r in running_records(layout) if not args.models or r.name in args.models]
     if not records:
         print("nothing to stop")
     failures = 0

@@ -5,6 +5,7 @@ after a kill, graceful stop under load, loopback-only binding."""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import itertools
 import json
@@ -12,6 +13,7 @@ import os
 import re
 import signal
 import struct
+import subprocess
 import threading
 import time
 import urllib.error
@@ -496,3 +498,36 @@ def test_metrics_of_worker_processes_add_up(tiny_models: Path, tmp_path: Path) -
             assert _value(samples, "serving_ready") == 1
     finally:
         _stop(running)
+
+
+def test_stop_also_stops_a_service_the_supervisor_restarted_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stop` stops the supervisor first; if it was just restarting a service, the restart
+    replaced the record, and the new process must be stopped too, not left running orphaned."""
+    import serving.__main__ as cli
+
+    layout = Layout(models_dir=tmp_path / "models", build_dir=tmp_path / "build")
+    http_port, rpc_port = free_ports(2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    Record("peach", "peach", gone.pid, http_port, rpc_port, str(tmp_path / "old.log"),
+           time.time()).save(layout.pid_file("peach"))
+    restarted: list[subprocess.Popen] = []
+
+    def stop_supervisor_mid_restart(layout: Layout) -> None:
+        process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        restarted.append(process)
+        Record("peach", "peach", process.pid, http_port, rpc_port, str(tmp_path / "new.log"),
+               time.time()).save(layout.pid_file("peach"))
+
+    monkeypatch.setattr(cli, "_stop_supervisor", stop_supervisor_mid_restart)
+    monkeypatch.setattr(cli, "supervisor_pid", lambda layout: None)
+    try:
+        assert cli.stop(layout, argparse.Namespace(models=[])) == 0
+        (process,) = restarted
+        assert process.wait(timeout=10) == -signal.SIGTERM
+        assert running_records(layout) == []
+    finally:
+        for process in restarted:
+            process.kill()
+            process.wait()
