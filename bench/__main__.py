@@ -39,7 +39,7 @@ REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "image_threads": "2",
                      "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
-                     "reuse_freed_memory": "false"}
+                     "reuse_freed_memory": "false", "pin_workers": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1}

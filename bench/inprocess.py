@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.config import parse_overrides, resolve_runtime
+from serving.cores import pin_worker
 from serving.memory import reuse_freed_memory
 from serving.model_spec import ModelSpec
 from serving.options import resolve_options
@@ -62,13 +63,15 @@ def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_fi
                "--serving-server", str(serving_server), "--images", str(images_file),
                "--threads", str(strategy.threads), "--batch", str(strategy.batch),
                "--duration", str(duration_s), "--warmup", str(warmup_s),
+               "--workers", str(strategy.processes),
                *(f"--runtime={pair}" for pair in runtime)]
     env = {**os.environ, "OMP_NUM_THREADS": str(strategy.threads)}
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a", encoding="utf-8") as errors:
-        workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        workers = [subprocess.Popen([*command, "--worker-index", str(index)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=errors, text=True, env=env)
-                   for _ in range(strategy.processes)]
+                   for index in range(strategy.processes)]
     try:
         for worker in workers:
             _expect_line(worker, "ready", log)
@@ -116,9 +119,13 @@ def worker(args: argparse.Namespace) -> None:
     spec = ModelSpec.load(args.model_dir)
     overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
     runtime = resolve_runtime(spec, args.serving_server, overrides)
-    use_image_threads(runtime.image_threads)  # the service's OpenCV threads
-    if resolve_options(spec.runtime, overrides).reuse_freed_memory:
-        reuse_freed_memory()  # the same heap settings as the service (batches fault too)
+    options = resolve_options(spec.runtime, overrides)
+    # The service's settings: OpenCV threads, heap, and cores shared out as among its workers
+    use_image_threads(runtime.image_threads)
+    if options.reuse_freed_memory:
+        reuse_freed_memory()
+    if options.pin_workers:
+        pin_worker(args.worker_index, args.workers)
     handler = ModelHandler(spec, args.serving_server).load()
     predictor = InProcessPredictor(args.serving_server, spec.fetches, runtime)
     jpegs = json.loads(args.images.read_text())["jpegs_hex"]
@@ -165,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     parser.add_argument("--duration", type=float, default=5.0, help="timed seconds")
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of the strategy (for the core shares)")
+    parser.add_argument("--worker-index", type=int, default=0,
+                        help="this worker's index among them (0-based)")
     parser.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
                         help="predictor settings, as for python -m serving")
     worker(parser.parse_args(argv))

@@ -38,10 +38,11 @@ examples:
 
 Ports: --port NAME=HTTP:RPC, else env SERVING_<NAME>_HTTP_PORT / SERVING_<NAME>_RPC_PORT, else
 models/<name>/model.yml. Each HTTP port also serves GET /health/live, /health/ready, /metrics.
-Runtime keys: config.yml ones (worker_num, is_thread_op, concurrency, thread_num, ir_optim,
-use_mkldnn, mem_optim) and service ones (http_front project|upstream, host, drain_timeout_s,
-max_inflight, reuse_freed_memory, max_body_bytes, max_images, max_image_bytes,
-max_image_pixels).
+Runtime keys: pipeline ones, serving/config.py (worker_num, build_dag_each_worker,
+is_thread_op, concurrency, thread_num, image_threads, batch_size, auto_batching_timeout,
+ir_optim, use_mkldnn, mem_optim) and service ones, serving/options.py (http_front
+project|upstream, host, drain_timeout_s, max_inflight, reuse_freed_memory, pin_workers,
+max_body_bytes, max_images, max_image_bytes, max_image_pixels).
 Files: build/serving/<name>/config.yml (rendered), build/logs/<name>.log,
 build/logs/supervisor.log, build/run/<name>.json, build/run/supervisor.pid.
 """
@@ -226,7 +227,7 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     # would keep the port: they get SO_REUSEPORT, bound after their forks, instead.
     listener = (SharedListener((options.host, ports.http), workers) if runtime.is_thread_op
                 else None)
-    return serve_workers(workers, serve_one, listener)
+    return serve_workers(workers, serve_one, listener, pin_cores=options.pin_workers)
 
 
 def supervise(layout: Layout, args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_
 
 from serving import errors
 from serving.balance import BACKLOG, SharedListener, WorkerSlot
+from serving.cores import pin_worker
 from serving.errors import BY_NAME
 from serving.handler import BATCH_KEY, STAGES_KEY
 from serving.metrics import (
@@ -538,7 +539,7 @@ def serve(service: str, build_servicer: Callable[[Callable[[], int]], Any],
 
 
 def serve_workers(workers: int, serve_one: Callable[[WorkerSlot | None], int],
-                  http_listener: SharedListener | None = None) -> int:
+                  http_listener: SharedListener | None = None, pin_cores: bool = False) -> int:
     """Run `serve_one` (a whole service: both fronts + its own pipeline) in `workers` forked
     processes sharing both ports: the gRPC port with SO_REUSEPORT (the kernel spreads
     connections over them, as upstream's build_dag_each_worker does), the HTTP port through
@@ -547,6 +548,7 @@ def serve_workers(workers: int, serve_one: Callable[[WorkerSlot | None], int],
     Why: Paddle Inference holds the GIL for the whole predictor.run, so one process predicts on
     one core at a time and its fronts stall meanwhile; process ops instead pay a multiprocessing
     Manager round trip per channel operation (~6 ms CPU per request measured, docs/benchmarks.md).
+    With `pin_cores`, each worker runs on its own share of the cores (serving.cores).
     The parent only forwards SIGTERM/SIGINT and waits. When a worker exits on its own, it stops
     the others and fails, so the supervisor restarts the whole service."""
     global _WORKER_METRICS_DIR
@@ -556,6 +558,8 @@ def serve_workers(workers: int, serve_one: Callable[[WorkerSlot | None], int],
         pid = os.fork()
         if pid == 0:
             _die_with(parent)
+            if pin_cores and (share := pin_worker(index, workers)) is not None:
+                log.info("worker %d of %d runs on cores %s", index + 1, workers, sorted(share))
             os._exit(serve_one(http_listener and http_listener.slot(index)))
         children.append(pid)
     if http_listener is not None:

@@ -22,6 +22,8 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     # Keep freed image buffers mapped for the next request (serving.memory): traffic_light
     # paid ~700 page faults per request without it.
     "reuse_freed_memory": True,
+    # With several workers, each runs on its own share of the cores (serving.cores).
+    "pin_workers": True,
     **{f.name: f.default for f in fields(Limits)},
 }
 
@@ -33,11 +35,12 @@ class ServiceOptions:
     drain_timeout_s: int
     max_inflight: int
     reuse_freed_memory: bool
+    pin_workers: bool
     limits: Limits
 
 
 TEXT_OPTIONS = ("http_front", "host")
-BOOL_OPTIONS = ("reuse_freed_memory",)
+BOOL_OPTIONS = ("reuse_freed_memory", "pin_workers")
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -72,4 +75,5 @@ def resolve_options(spec_runtime: Mapping[str, Any],
                           max_inflight=numbers["max_inflight"],
                           reuse_freed_memory=parse_bool("reuse_freed_memory",
                                                         values["reuse_freed_memory"]),
+                          pin_workers=parse_bool("pin_workers", values["pin_workers"]),
                           limits=limits)

@@ -19,6 +19,7 @@ import pytest
 from service_helpers import Services, save_tiny_models
 
 from bench.procstats import group_pids
+from serving.cores import core_share
 from serving.manager import free_ports, group_alive
 from serving.protocol import request_items
 
@@ -134,3 +135,19 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
         return "gone"
+
+
+def test_each_worker_runs_on_its_own_share_of_the_cores(service: Services) -> None:
+    """runtime pin_workers (default on): every thread of each worker on its share."""
+    cores = sorted(os.sched_getaffinity(0))
+    expected = sorted(sorted(core_share(index, WORKERS, cores) or cores)
+                      for index in range(WORKERS))
+    found = []
+    for pid in _workers(service):
+        affinities = set()
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                affinities.add(frozenset(os.sched_getaffinity(int(thread))))
+        assert len(affinities) == 1, f"worker {pid}: threads on different cores {affinities}"
+        found.append(sorted(affinities.pop()))
+    assert sorted(found) == expected
