@@ -5,8 +5,9 @@ ways of using the cores; the best one is the limit), (b) each served variant (by
 project's configuration and the upstream reference configuration) over HTTP and gRPC at each
 concurrency, with a closed-loop load generator sending pre-encoded requests, (c) paired rounds:
 the limit then the project's HTTP path at 8 clients, one in-process worker then HTTP at one
-client, repeated; the medians of the rounds' ratios and p50 overheads are the figures that
-survive the machine's drift. Outputs: a table on stdout, <out>/bench.json, <out>/bench.md (the
+client, in back-to-back windows of a few seconds with every process loaded once, repeated; the
+medians of the rounds' ratios and p50 overheads are the figures that survive the machine's
+drift. Outputs: a table on stdout, <out>/bench.json, <out>/bench.md (the
 table in Markdown) and <out>/bench.png.
 """
 
@@ -41,8 +42,9 @@ REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
                      "reuse_freed_memory": "false", "pin_workers": "false"}
 DEFAULT_VARIANTS = ("project", "reference")
+ROUND_WARMUP_S = 1.0  # before each window of a paired round: every process is loaded already
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
-         "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1}
+         "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1, "round_window": 0.5}
 EPILOG = """\
 examples:
   python -m bench                                   # both models, full run (~21 min)
@@ -94,43 +96,55 @@ def bench_inprocess(args: argparse.Namespace, layout: Layout, name: str, images_
     return results
 
 
+def inprocess_workers(args: argparse.Namespace, layout: Layout, name: str,
+                      strategy: inprocess.Strategy, images_file: Path,
+                      project_runtime: dict[str, str]) -> inprocess.Workers:
+    return inprocess.Workers(
+        strategy, layout.models_dir / name, layout.serving_server(name), images_file,
+        [f"{k}={v}" for k, v in project_runtime.items()],
+        args.out / "logs" / f"{name}-inprocess.log")
+
+
 def measure_inprocess(args: argparse.Namespace, layout: Layout, name: str,
                       strategy: inprocess.Strategy, images_file: Path,
                       project_runtime: dict[str, str]) -> dict[str, Any]:
-    return inprocess.measure(
-        strategy, layout.models_dir / name, layout.serving_server(name), images_file,
-        [f"{k}={v}" for k, v in project_runtime.items()], args.inprocess_duration,
-        args.warmup, args.out / "logs" / f"{name}-inprocess.log")
+    with inprocess_workers(args, layout, name, strategy, images_file, project_runtime) as pool:
+        return pool.window(args.inprocess_duration, args.warmup)
 
 
 def bench_paired(args: argparse.Namespace, layout: Layout, name: str, images_file: Path,
                  payloads: Payloads, runtime: dict[str, str], limit: dict[str, Any],
                  threads: int) -> dict[str, Any]:
-    """The targets with the machine's drift cancelled, against one running service, --rounds
-    times: the limit's in-process strategy then the project's HTTP path at
-    --paired-concurrency (throughput ratio), one in-process worker with the service's math
-    threads then HTTP at one client (p50 overhead). A shared VM's speed moves by up to a fifth
-    within minutes; both sides of a pair see the same machine, and the median round counts."""
+    """The targets with the machine's drift cancelled: one running service and two in-process
+    pools loaded once (the limit's strategy, and one worker with the service's math threads);
+    --rounds times, back to back, --round-window seconds each: the limit then the project's
+    HTTP path at --paired-concurrency (throughput ratio), the single worker then HTTP at one
+    client (p50 overhead). A shared VM's speed moves by up to a fifth within minutes; both sides
+    of a pair run seconds apart, and the median round counts."""
     strategy, single = inprocess.Strategy.parse(limit["strategy"]), inprocess.Strategy(1, threads)
-    concurrency = args.paired_concurrency
+    concurrency, window = args.paired_concurrency, args.round_window
     service = services.start(layout.models_dir, layout.build_dir, name, runtime)
     rounds = []
     try:
-        for index in range(args.rounds):
-            alone = measure_inprocess(args, layout, name, strategy, images_file, runtime)
-            served, _ = measure_served(args, service, payloads, "http", concurrency)
-            alone_one = measure_inprocess(args, layout, name, single, images_file, runtime)
-            served_one, _ = measure_served(args, service, payloads, "http", 1)
-            rounds.append(_round_figures(alone, served, alone_one, served_one))
-            log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, ratio %.3f; "
-                     "p50 in-process %s %.1f ms, http c=1 %.1f ms", name, index + 1,
-                     strategy.label, alone["throughput"], concurrency, served["throughput"],
-                     rounds[-1]["ratio"], single.label, alone_one["p50_ms"],
-                     served_one["p50_ms"])
+        with inprocess_workers(args, layout, name, strategy, images_file, runtime) as pool, \
+                inprocess_workers(args, layout, name, single, images_file, runtime) as one:
+            for index in range(args.rounds):
+                alone = pool.window(window, ROUND_WARMUP_S)
+                served, _ = measure_served(args, service, payloads, "http", concurrency,
+                                           (window, ROUND_WARMUP_S), stage_means=False)
+                alone_one = one.window(window, ROUND_WARMUP_S)
+                served_one, _ = measure_served(args, service, payloads, "http", 1,
+                                               (window, ROUND_WARMUP_S), stage_means=False)
+                rounds.append(_round_figures(alone, served, alone_one, served_one))
+                log.info("[%s] round %d: in-process %s %.1f img/s, http c=%d %.1f req/s, "
+                         "ratio %.3f; p50 in-process %s %.1f ms, http c=1 %.1f ms", name,
+                         index + 1, strategy.label, alone["throughput"], concurrency,
+                         served["throughput"], rounds[-1]["ratio"], single.label,
+                         alone_one["p50_ms"], served_one["p50_ms"])
     finally:
         services.stop(layout.models_dir, layout.build_dir, service)
     return {"strategy": strategy.label, "single": single.label, "transport": "http",
-            "concurrency": concurrency, "rounds": rounds,
+            "concurrency": concurrency, "window_s": window, "rounds": rounds,
             "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
             "median_p50_overhead_ms": round(statistics.median(r["p50_overhead_ms"]
                                                               for r in rounds), 2)}
@@ -197,25 +211,29 @@ def resolved_runtime(config_yml: str) -> dict[str, str]:
 
 
 def measure_served(args: argparse.Namespace, service: services.RunningService,
-                   payloads: Payloads, transport: str, concurrency: int
+                   payloads: Payloads, transport: str, concurrency: int,
+                   window: tuple[float, float] | None = None, stage_means: bool = True
                    ) -> tuple[dict[str, Any], procstats.GroupSample]:
+    """window: (timed, warm-up) seconds, else --duration / --warmup. stage_means: also read the
+    per-stage means from /metrics (waits for the other workers to publish theirs)."""
+    duration, warmup = window or (args.duration, args.warmup)
     host = "127.0.0.1"
     before = procstats.sample_group(service.pgid)
     busy_before = procstats.machine_busy_s()
-    totals_before = stages.scrape(service.http_port)
+    totals_before = stages.scrape(service.http_port) if stage_means else None
     with procstats.PeakMemory(service.pgid) as memory:
         if transport == "http":
             result = loadgen.run_http(host, service.http_port,
                                       payloads.http_requests(host, service.http_port,
                                                              service.service),
-                                      concurrency, args.duration, args.warmup)
+                                      concurrency, duration, warmup)
         elif transport == "rpc":
             result = loadgen.run_rpc(host, service.rpc_port, payloads.rpc_messages, concurrency,
-                                     args.duration, args.warmup, rpc_reply_ok)
+                                     duration, warmup, rpc_reply_ok)
         else:
             raise ValueError(f"unknown transport {transport!r}: http or rpc")
     after = procstats.sample_group(service.pgid)
-    elapsed = args.duration + args.warmup  # server CPU is read over warm-up + window
+    elapsed = duration + warmup  # server CPU is read over warm-up + window
     served = max(1.0, result.throughput * elapsed)
     run = result.summary()
     run["server_cpu_ms_per_request"] = round(1000 * (after.cpu_s - before.cpu_s) / served, 2)
@@ -225,7 +243,7 @@ def measure_served(args: argparse.Namespace, service: services.RunningService,
     run["machine_busy_fraction"] = round(busy_s / (elapsed * (os.cpu_count() or 1)), 3)
     # Cores used by neither the service nor the load generator (other users of the machine):
     # figures taken while this is well above 0 are disturbed.
-    loadgen_s = result.loadgen_cpu_s * elapsed / args.duration
+    loadgen_s = result.loadgen_cpu_s * elapsed / duration
     run["other_cores_busy"] = round(max(0.0, busy_s - (after.cpu_s - before.cpu_s) - loadgen_s)
                                     / elapsed, 2)
     run["service_means"] = {}
@@ -327,10 +345,13 @@ def _parser() -> argparse.ArgumentParser:
                              "'' to skip (default 1x2,2x1,1x1,2x1b4)")
     parser.add_argument("--inprocess-duration", type=float, default=8.0,
                         help="timed seconds per in-process strategy (default 8)")
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--rounds", type=int, default=10,
                         help="paired rounds: the in-process limit then the project's HTTP "
                              "path at --paired-concurrency, one in-process worker then HTTP at "
-                             "one client; medians reported (default 5; 0 to skip)")
+                             "one client; medians reported (default 10; 0 to skip)")
+    parser.add_argument("--round-window", type=float, default=4.0,
+                        help="timed seconds of each window of a paired round, after "
+                             f"{ROUND_WARMUP_S:g} s of warm-up (default 4)")
     parser.add_argument("--paired-concurrency", type=int, default=8,
                         help="clients in the paired rounds (default 8, the target's)")
     parser.add_argument("--smoke", action="store_true",

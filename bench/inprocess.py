@@ -3,8 +3,9 @@ Inference, postprocessing) run in plain loops, with no transport and no framewor
 
 A strategy spreads the two cores one way: `PxT` = P worker processes with T math threads each,
 `bB` = B images per predictor call (e.g. `2x1`, `1x2`, `2x1b4`). Each worker is a subprocess
-(`python -m bench.inprocess`) that loads the model, warms up, says "ready" on stdout, and starts
-on "go" from stdin, so all workers run their loops over the same wall-clock window.
+(`python -m bench.inprocess`) that loads the model, warms up, says "ready" on stdout, and runs a
+window on each "go SECONDS WARMUP" line from stdin, so all workers run their loops over the same
+wall-clock windows, as many as asked, with the model loaded once.
 """
 
 import compat  # noqa: F401, I001  # first import of every entry point
@@ -17,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,35 +57,60 @@ class Strategy:
         return f"{self.processes}x{self.threads}" + (f"b{self.batch}" if self.batch > 1 else "")
 
 
+class Workers:
+    """A strategy's worker processes (their stderr goes to `log`), loaded on entry; each
+    `window()` runs them together and returns throughput, latency percentiles, CPU and page
+    faults per image, and peak RSS per worker."""
+
+    def __init__(self, strategy: Strategy, model_dir: Path, serving_server: Path,
+                 images_file: Path, runtime: list[str], log: Path):
+        self.strategy, self.log = strategy, log
+        self._command = [sys.executable, "-m", "bench.inprocess", "--model-dir", str(model_dir),
+                         "--serving-server", str(serving_server), "--images", str(images_file),
+                         "--threads", str(strategy.threads), "--batch", str(strategy.batch),
+                         "--workers", str(strategy.processes),
+                         *(f"--runtime={pair}" for pair in runtime)]
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Workers":
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.strategy.threads)}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self.log.open("a", encoding="utf-8") as errors:
+                for index in range(self.strategy.processes):
+                    self.processes.append(subprocess.Popen(
+                        [*self._command, "--worker-index", str(index)], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=errors, text=True, env=env))
+            for process in self.processes:
+                _expect_line(process, "ready", self.log)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def window(self, duration_s: float, warmup_s: float) -> dict:
+        for process in self.processes:
+            process.stdin.write(f"go {duration_s} {warmup_s}\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+        reports = [json.loads(_expect_line(process, "{", self.log))
+                   for process in self.processes]
+        return _summary(self.strategy, reports, duration_s)
+
+    def __exit__(self, *_exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
 def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_file: Path,
             runtime: list[str], duration_s: float, warmup_s: float, log: Path) -> dict:
-    """Runs the strategy's workers together (their stderr goes to `log`); returns throughput,
-    latency percentiles and peak RSS per worker."""
-    command = [sys.executable, "-m", "bench.inprocess", "--model-dir", str(model_dir),
-               "--serving-server", str(serving_server), "--images", str(images_file),
-               "--threads", str(strategy.threads), "--batch", str(strategy.batch),
-               "--duration", str(duration_s), "--warmup", str(warmup_s),
-               "--workers", str(strategy.processes),
-               *(f"--runtime={pair}" for pair in runtime)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(strategy.threads)}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a", encoding="utf-8") as errors:
-        workers = [subprocess.Popen([*command, "--worker-index", str(index)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=errors, text=True, env=env)
-                   for index in range(strategy.processes)]
-    try:
-        for worker in workers:
-            _expect_line(worker, "ready", log)
-        for worker in workers:
-            worker.stdin.write("go\n")  # type: ignore[union-attr]
-            worker.stdin.flush()  # type: ignore[union-attr]
-        reports = [json.loads(_expect_line(worker, "{", log)) for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-            worker.wait()
+    """One window of freshly loaded workers (see Workers)."""
+    with Workers(strategy, model_dir, serving_server, images_file, runtime, log) as workers:
+        return workers.window(duration_s, warmup_s)
+
+
+def _summary(strategy: Strategy, reports: list[dict], duration_s: float) -> dict:
     latencies = np.concatenate([r["latencies_ms"] for r in reports])
     per_image = sum(r["images"] for r in reports)
     return {"strategy": strategy.label, "processes": strategy.processes,
@@ -139,25 +166,35 @@ def worker(args: argparse.Namespace) -> None:
     for index in range(WARMUP_CALLS):
         serve_one(requests[index % len(requests)])
     print("ready", flush=True)
-    sys.stdin.readline()
-    start = time.perf_counter() + args.warmup
-    end = start + args.duration
-    latencies, index, cpu_at_start, faults_at_start = [], 0, None, 0
+    calls = 0
+    for line in sys.stdin:  # "go SECONDS WARMUP" per window; EOF ends the worker
+        duration_s, warmup_s = (float(word) for word in line.split()[1:3])
+        report, calls = _window(serve_one, requests, calls, duration_s, warmup_s)
+        print(json.dumps({**report, "images": len(report["latencies_ms"]) * args.batch}),
+              flush=True)
+
+
+def _window(serve_one: Callable[[dict[str, str]], None], requests: list[dict[str, str]],
+            calls: int, duration_s: float, warmup_s: float) -> tuple[dict, int]:
+    """Calls serve_one in a loop for warmup_s + duration_s; times the calls that finish inside
+    the timed part. Returns the report and the running call count (the next request)."""
+    start = time.perf_counter() + warmup_s
+    end = start + duration_s
+    latencies, cpu_at_start, faults_at_start = [], None, 0
     while (now := time.perf_counter()) < end:
         if cpu_at_start is None and now >= start:
             cpu_at_start = time.process_time()
             faults_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        serve_one(requests[index % len(requests)])
-        index += 1
+        serve_one(requests[calls % len(requests)])
+        calls += 1
         finished = time.perf_counter()
         if start <= finished < end:
             latencies.append((finished - now) * 1000)
     cpu_s = time.process_time() - (cpu_at_start or time.process_time())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     faults = usage.ru_minflt - faults_at_start if cpu_at_start is not None else 0
-    print(json.dumps({"latencies_ms": latencies, "images": len(latencies) * args.batch,
-                      "cpu_s": cpu_s, "minor_faults": faults,
-                      "max_rss_mb": usage.ru_maxrss / 1024}), flush=True)
+    return {"latencies_ms": latencies, "cpu_s": cpu_s, "minor_faults": faults,
+            "max_rss_mb": usage.ru_maxrss / 1024}, calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +207,6 @@ def main(argv: list[str] | None = None) -> int:
                         help='JSON file {"jpegs_hex": [...]} (written by python -m bench)')
     parser.add_argument("--threads", type=int, default=1, help="math threads (default 1)")
     parser.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    parser.add_argument("--duration", type=float, default=5.0, help="timed seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes of the strategy (for the core shares)")
     parser.add_argument("--worker-index", type=int, default=0,

@@ -11,12 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from service_helpers import QUIET_ENV, ROOT, save_tiny_models
 
-from bench.inprocess import Strategy
+from bench.inprocess import Strategy, Workers
 from bench.loadgen import parse_http_response
 from bench.stages import parse
+from serving.layout import Layout
+from serving.manager import ensure_serving_folder
 
 MODELS = ("peach", "traffic_light")
 
@@ -114,3 +118,27 @@ def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
     report_model = {"inprocess": [], "inprocess_limit": None, "variants": {"project": variant}}
     bench_main.report.add_ratios(report_model, "reference")
     assert "STOPPED ANSWERING" in bench_main.report.table({"models": {"peach": report_model}})
+
+
+def test_inprocess_workers_run_several_windows_with_the_model_loaded_once(tmp_path: Path
+                                                                          ) -> None:
+    """The paired rounds alternate in-process and served windows seconds apart: the same worker
+    processes must answer every window, each with its own figures."""
+    models = tmp_path / "models"
+    save_tiny_models(models)
+    layout = Layout(models_dir=models, build_dir=tmp_path / "build",
+                    patches_dir=ROOT / "prototxt_patches")
+    ensure_serving_folder(layout, layout.spec("peach"))
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    images = tmp_path / "images.json"
+    images.write_text(json.dumps({"jpegs_hex": [cv2.imencode(".jpg", pixels)[1].tobytes().hex()]}))
+    with Workers(Strategy(2, 1, 2), models / "peach", layout.serving_server("peach"), images,
+                 [], tmp_path / "inprocess.log") as workers:
+        pids = [process.pid for process in workers.processes]
+        windows = [workers.window(0.3, 0.1) for _ in range(3)]
+        assert [process.poll() for process in workers.processes] == [None, None]
+        assert [process.pid for process in workers.processes] == pids
+    for window in windows:
+        assert window["strategy"] == "2x1b2" and window["throughput"] > 0
+        assert window["cpu_ms_per_image"] > 0 and window["p50_ms"] > 0
+    assert all(process.poll() is not None for process in workers.processes)
