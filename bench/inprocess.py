@@ -103,13 +103,6 @@ class Workers:
             process.wait()
 
 
-def measure(strategy: Strategy, model_dir: Path, serving_server: Path, images_file: Path,
-            runtime: list[str], duration_s: float, warmup_s: float, log: Path) -> dict:
-    """One window of freshly loaded workers (see Workers)."""
-    with Workers(strategy, model_dir, serving_server, images_file, runtime, log) as workers:
-        return workers.window(duration_s, warmup_s)
-
-
 def _summary(strategy: Strategy, reports: list[dict], duration_s: float) -> dict:
     latencies = np.concatenate([r["latencies_ms"] for r in reports])
     per_image = sum(r["images"] for r in reports)
