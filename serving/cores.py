@@ -2,9 +2,10 @@
 
 Why: with two workers on two cores and nothing pinned, the scheduler keeps moving each worker's
 op thread to the other core as the HTTP, gRPC and pipeline threads wake, and the predictor's
-weights and activations are fetched again into that core's caches. Giving each worker its own
-share of the cores measured +12% (peach) and +6% (traffic_light) requests/s at 8 HTTP clients,
-against +4% / +3% for the same pinning of the in-process limit's workers (docs/benchmarks.md).
+weights and activations are fetched again into that core's caches. With each worker on its own
+share, the paired rounds of `make bench` (8 HTTP clients against the in-process limit, whose
+workers are pinned the same way) went from 0.793x to 0.864x for peach and from 0.827x to 0.857x
+for traffic_light (docs/benchmarks.md, item 10).
 """
 
 from __future__ import annotations
