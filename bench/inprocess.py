@@ -11,6 +11,7 @@ wall-clock windows, as many as asked, with the model loaded once.
 import compat  # noqa: F401, I001  # first import of every entry point
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,18 +160,18 @@ def worker(args: argparse.Namespace) -> None:
     for index in range(WARMUP_CALLS):
         serve_one(requests[index % len(requests)])
     print("ready", flush=True)
-    calls = 0
+    next_requests = itertools.cycle(requests)  # each window goes on where the last stopped
     for line in sys.stdin:  # "go SECONDS WARMUP" per window; EOF ends the worker
         duration_s, warmup_s = (float(word) for word in line.split()[1:3])
-        report, calls = _window(serve_one, requests, calls, duration_s, warmup_s)
+        report = _window(serve_one, next_requests, duration_s, warmup_s)
         print(json.dumps({**report, "images": len(report["latencies_ms"]) * args.batch}),
               flush=True)
 
 
-def _window(serve_one: Callable[[dict[str, str]], None], requests: list[dict[str, str]],
-            calls: int, duration_s: float, warmup_s: float) -> tuple[dict, int]:
-    """Calls serve_one in a loop for warmup_s + duration_s; times the calls that finish inside
-    the timed part. Returns the report and the running call count (the next request)."""
+def _window(serve_one: Callable[[dict[str, str]], None], requests: Iterator[dict[str, str]],
+            duration_s: float, warmup_s: float) -> dict:
+    """Calls serve_one on the next requests for warmup_s + duration_s; times the calls that
+    finish inside the timed part."""
     start = time.perf_counter() + warmup_s
     end = start + duration_s
     latencies, cpu_at_start, faults_at_start = [], None, 0
@@ -178,8 +179,7 @@ def _window(serve_one: Callable[[dict[str, str]], None], requests: list[dict[str
         if cpu_at_start is None and now >= start:
             cpu_at_start = time.process_time()
             faults_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        serve_one(requests[calls % len(requests)])
-        calls += 1
+        serve_one(next(requests))
         finished = time.perf_counter()
         if start <= finished < end:
             latencies.append((finished - now) * 1000)
@@ -187,7 +187,7 @@ def _window(serve_one: Callable[[dict[str, str]], None], requests: list[dict[str
     usage = resource.getrusage(resource.RUSAGE_SELF)
     faults = usage.ru_minflt - faults_at_start if cpu_at_start is not None else 0
     return {"latencies_ms": latencies, "cpu_s": cpu_s, "minor_faults": faults,
-            "max_rss_mb": usage.ru_maxrss / 1024}, calls
+            "max_rss_mb": usage.ru_maxrss / 1024}
 
 
 def main(argv: list[str] | None = None) -> int:
