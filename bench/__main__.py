@@ -35,12 +35,14 @@ log = logging.getLogger("bench")
 # PaddleClas's shipped deploy/paddleserving/config.yml served the upstream way (Paddle Serving's
 # Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
 # thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
-# most favourable choice for the reference. OpenCV's and glibc's defaults, as upstream runs.
+# most favourable choice for the reference. OpenCV's, glibc's and Paddle's defaults, as upstream
+# runs.
 REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "image_threads": "2",
                      "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
-                     "reuse_freed_memory": "false", "pin_workers": "false"}
+                     "reuse_freed_memory": "false", "pin_workers": "false",
+                     "free_intermediate_tensors": "true"}
 DEFAULT_VARIANTS = ("project", "reference")
 ROUND_WARMUP_S = 1.0  # before each window of a paired round: every process is loaded already
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,

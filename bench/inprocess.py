@@ -27,10 +27,9 @@ import numpy as np
 
 from serving.config import parse_overrides, resolve_runtime
 from serving.cores import pin_worker
-from serving.memory import reuse_freed_memory
+from serving.process import configure_process
 from serving.model_spec import ModelSpec
 from serving.options import resolve_options
-from serving.preprocess import use_image_threads
 from serving.protocol import request_items
 
 _STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")
@@ -141,10 +140,8 @@ def worker(args: argparse.Namespace) -> None:
     overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
     runtime = resolve_runtime(spec, args.serving_server, overrides)
     options = resolve_options(spec.runtime, overrides)
-    # The service's settings: OpenCV threads, heap, and cores shared out as among its workers
-    use_image_threads(runtime.image_threads)
-    if options.reuse_freed_memory:
-        reuse_freed_memory()
+    # The service's settings, and cores shared out as among its workers
+    configure_process(runtime, options)
     if options.pin_workers:
         pin_worker(args.worker_index, args.workers)
     handler = ModelHandler(spec, args.serving_server).load()

@@ -21,9 +21,8 @@ from serving.handler import ModelHandler
 from serving.layout import ROOT, Layout, parse_port_flags, ports_for
 from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
                              process_alive, running_records, stop_record, wait_ready)
-from serving.memory import reuse_freed_memory
+from serving.process import configure_process
 from serving.options import resolve_options
-from serving.preprocess import use_image_threads
 from serving.supervisor import run_supervisor, supervisor_pid
 
 log = logging.getLogger("serving")
@@ -42,7 +41,7 @@ Runtime keys: pipeline ones, serving/config.py (worker_num, build_dag_each_worke
 is_thread_op, concurrency, thread_num, image_threads, batch_size, auto_batching_timeout,
 ir_optim, use_mkldnn, mem_optim) and service ones, serving/options.py (http_front
 project|upstream, host, drain_timeout_s, max_inflight, reuse_freed_memory, pin_workers,
-max_body_bytes, max_images, max_image_bytes, max_image_pixels).
+free_intermediate_tensors, max_body_bytes, max_images, max_image_bytes, max_image_pixels).
 Files: build/serving/<name>/config.yml (rendered), build/logs/<name>.log,
 build/logs/supervisor.log, build/run/<name>.json, build/run/supervisor.pid.
 """
@@ -196,9 +195,7 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
     os.environ.setdefault("SERVING_LOG_PATH", str(workdir))
     log.info("serving %s on http %d / rpc %d (front %s, host %s) with %s", spec.name, ports.http,
              ports.rpc, options.http_front, options.host, config)
-    use_image_threads(runtime.image_threads)
-    if options.reuse_freed_memory and reuse_freed_memory():
-        log.info("heap: freed buffers stay mapped for reuse (runtime reuse_freed_memory)")
+    configure_process(runtime, options)
     handler = ModelHandler(spec, serving_server, options.limits)
     # The pipeline is imported only now: after SERVING_LOG_PATH is set.
     from serving.service import build_servicer, run_upstream

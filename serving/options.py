@@ -24,6 +24,8 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "reuse_freed_memory": True,
     # With several workers, each runs on its own share of the cores (serving.cores).
     "pin_workers": True,
+    # Paddle's executor frees intermediate tensors on a spinning helper thread (serving.process).
+    "free_intermediate_tensors": False,
     **{f.name: f.default for f in fields(Limits)},
 }
 
@@ -36,11 +38,12 @@ class ServiceOptions:
     max_inflight: int
     reuse_freed_memory: bool
     pin_workers: bool
+    free_intermediate_tensors: bool
     limits: Limits
 
 
 TEXT_OPTIONS = ("http_front", "host")
-BOOL_OPTIONS = ("reuse_freed_memory", "pin_workers")
+BOOL_OPTIONS = ("reuse_freed_memory", "pin_workers", "free_intermediate_tensors")
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -73,7 +76,5 @@ def resolve_options(spec_runtime: Mapping[str, Any],
     return ServiceOptions(http_front=str(values["http_front"]), host=str(values["host"]),
                           drain_timeout_s=numbers["drain_timeout_s"],
                           max_inflight=numbers["max_inflight"],
-                          reuse_freed_memory=parse_bool("reuse_freed_memory",
-                                                        values["reuse_freed_memory"]),
-                          pin_workers=parse_bool("pin_workers", values["pin_workers"]),
+                          **{name: parse_bool(name, values[name]) for name in BOOL_OPTIONS},
                           limits=limits)
