@@ -71,18 +71,40 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, runtime
 
 
+def cpu_field(cpuinfo: str, name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo's text."""
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if line.split(":", 1)[0].strip() == name), None)
+
+
+def vector_extensions(cpuinfo: str) -> list[str]:
+    """The CPU's AVX/AMX flags: oneDNN picks its kernels by them, and a VM's host (the same
+    "AMD EPYC" model name) can differ between runs, with or without AVX-512."""
+    flags = (cpu_field(cpuinfo, "flags") or "").split()
+    return sorted(flag for flag in flags if flag.startswith(("avx", "amx")))
+
+
+def widest_extension(extensions: list[str]) -> str:
+    for family in ("amx", "avx512", "avx2", "avx"):
+        if any(flag.startswith(family) for flag in extensions):
+            return family
+    return "no AVX"
+
+
 def machine() -> dict[str, Any]:
     import paddle
 
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = cpu_field(cpuinfo, "model name") or platform.processor()
+    extensions = vector_extensions(cpuinfo)
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_gb, 1),
+    info = {"cpu": cpu, "vector_extensions": extensions, "cores": os.cpu_count(),
+            "memory_gb": round(memory_gb, 1),
             "python": platform.python_version(), "paddle": paddle.__version__,
             "kernel": platform.release(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load_average_at_start": os.getloadavg()}
-    info["summary"] = (f"{info['cores']} x {cpu}, {info['memory_gb']} GiB, Python "
+    info["summary"] = (f"{info['cores']} x {cpu} ({widest_extension(extensions)}), "
+                       f"{info['memory_gb']} GiB, Python "
                        f"{info['python']}, paddle {info['paddle']}, {info['date']}")
     return info
 

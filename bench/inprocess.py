@@ -27,9 +27,9 @@ import numpy as np
 
 from serving.config import parse_overrides, resolve_runtime
 from serving.cores import pin_worker
-from serving.process import configure_process
 from serving.model_spec import ModelSpec
 from serving.options import resolve_options
+from serving.process import configure_process
 from serving.protocol import request_items
 
 _STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")

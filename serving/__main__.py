@@ -21,8 +21,8 @@ from serving.handler import ModelHandler
 from serving.layout import ROOT, Layout, parse_port_flags, ports_for
 from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
                              process_alive, running_records, stop_record, wait_ready)
-from serving.process import configure_process
 from serving.options import resolve_options
+from serving.process import configure_process
 from serving.supervisor import run_supervisor, supervisor_pid
 
 log = logging.getLogger("serving")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from service_helpers import QUIET_ENV, ROOT, save_tiny_models
 
+from bench.__main__ import cpu_field, vector_extensions, widest_extension
 from bench.inprocess import Strategy, Workers
 from bench.loadgen import parse_http_response
 from bench.stages import parse
@@ -51,6 +52,17 @@ def test_stage_means_from_metrics_pages_taken_before_and_after_a_run() -> None:
     assert after.since(before).means() == {"batch:images": 3.0, "service:http": 15.0,
                                            "stage:predict": 15.0}
     assert before.means()["batch:images"] == 1.0
+
+
+def test_machine_record_names_the_widest_vector_extension_of_the_host() -> None:
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC\n"
+               "flags\t\t: fpu sse2 fma avx avx2 avx512f avx512_vnni\nprocessor\t: 1\n")
+    assert cpu_field(cpuinfo, "model name") == "AMD EPYC"
+    assert vector_extensions(cpuinfo) == ["avx", "avx2", "avx512_vnni", "avx512f"]
+    assert widest_extension(vector_extensions(cpuinfo)) == "avx512"
+    assert widest_extension(vector_extensions(cpuinfo.replace(" avx512f avx512_vnni", ""))) \
+        == "avx2"
+    assert widest_extension([]) == "no AVX"
 
 
 def test_inprocess_strategy_names() -> None:
