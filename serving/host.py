@@ -51,6 +51,7 @@ from serving.metrics import (
 )
 from serving.options import ServiceOptions
 from serving.protocol import probe_image
+from serving.service import pipeline_workers
 
 log = logging.getLogger("serving.host")
 STAGES = ("decode", "preprocess", "predict", "postprocess")
@@ -524,10 +525,8 @@ def serve(service: str, build_servicer: Callable[[Callable[[], int]], Any],
     """
     host = ServiceHost(service, options)
     fronts = None if forks else _open_fronts(host, http_port, rpc_port, http_slot)
-    threads_before = set(threading.enumerate())
     servicer = build_servicer(host.clients)
-    host.attach(servicer, [t for t in threading.enumerate() if t not in threads_before]
-                + multiprocessing.active_children())
+    host.attach(servicer, pipeline_workers(servicer))
     stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

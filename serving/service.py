@@ -9,8 +9,9 @@ image count ("normal tensor" branch of operator.py _run_process). Raw outputs wo
 that slicing: the detector's NMS boxes are counted per image, not per row.
 
 `build_servicer` builds the upstream PipelineServicer for the project's own front
-(serving.host); `run_upstream` is the stock WebService path with Paddle Serving's Go HTTP gateway,
-kept as the benchmark's reference configuration.
+(serving.host), and `pipeline_workers` names what of it must stay alive; `run_upstream` is the
+stock WebService path with Paddle Serving's Go HTTP gateway, kept as the benchmark's reference
+configuration.
 """
 
 from __future__ import annotations
@@ -163,6 +164,18 @@ def build_servicer(handler: ModelHandler, config: dict[str, Any],
             op.init_from_dict(config["op"][op.name])
             op.launch_local_rpc_service()  # logs only, for local_predictor ops
     return PipelineServicer(handler.spec.service.name, response_op, config)
+
+
+def pipeline_workers(servicer: PipelineServicer) -> list[Any]:
+    """What must stay alive for the pipeline to answer: each op's thread (thread ops) or process
+    (process ops), as DAG.start returned them, and the DAG executor's receiving thread.
+
+    Read from the servicer, not diffed from threading.enumerate() around its build: with thread
+    ops the fronts are already open then, and the handler thread of a health probe that came in
+    during the load ended later and read as a dead worker, readiness stuck at 503 for good."""
+    executor = servicer._dag_executor
+    ops = [worker for worker in executor._dag._threads_or_proces if worker is not None]
+    return [*ops, executor._recive_func]
 
 
 class _UpstreamService(WebService):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import itertools
 import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -164,6 +166,36 @@ def test_ready_is_503_until_the_model_answers(tiny_models: Path, tmp_path: Path)
         assert process.wait(60) == 0  # drained and exited cleanly
     assert seen[-1] == (200, ""), seen[-5:]
     assert seen[0] == (503, "starting: the model is loading"), seen[:5]
+
+
+def test_connections_open_during_the_load_are_not_taken_for_pipeline_workers(
+        tiny_models: Path, tmp_path: Path) -> None:
+    """Clients connect while the pipeline is being built (their handler threads start then) and
+    leave after: the service stays ready. Readiness once took every thread started during the
+    build for a pipeline worker, and those ended handler threads for dead ones (503 for good)."""
+    running = Services(tiny_models, tmp_path / "build", {"peach": tuple(free_ports(2))})
+    http_port = running.ports["peach"][0]
+    process = running.popen_run("peach", *RUNTIME, "--runtime=is_thread_op=true")
+    lingering: list[socket.socket] = []
+    seen: list[tuple[int, dict]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not seen or seen[-1][0] != 200:  # a new lingering connection every 10 ms
+            assert process.poll() is None and time.monotonic() < deadline, seen[-3:]
+            with contextlib.suppress(OSError):
+                lingering.append(socket.create_connection(("127.0.0.1", http_port), timeout=5))
+                lingering[-1].sendall(b"GET /health/live HTTP/1.1\r\n")  # no blank line: waits
+                seen.append(get_json(health_url("127.0.0.1", http_port), 5))
+            time.sleep(0.01)
+        for connection in lingering:
+            connection.close()
+        time.sleep(0.5)  # their handler threads read the end of the stream and end
+        answers = [get_json(health_url("127.0.0.1", http_port), 5) for _ in range(3)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    assert seen[0] == (503, {"status": "not ready", "reason": "starting: the model is loading"})
+    assert answers == [(200, {"status": "ready", "reason": ""})] * 3, answers
 
 
 # --- metrics -------------------------------------------------------------------------------------
