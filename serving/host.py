@@ -142,7 +142,7 @@ class ServiceHost:
         self.closed = False  # drained: no further HTTP response may start
         self._loaded = False
         self._last_success = 0.0
-        self._workers: list[Any] = []  # DAG threads and op processes, checked by readiness
+        self._workers: list[Any] = []  # pipeline_workers of the servicer, checked by readiness
         self._probe_lock = threading.Lock()
         self._last_request: dict[Any, float] = {}  # connection -> when it last sent a request
         self.metrics = ServiceMetrics(self)
@@ -155,9 +155,9 @@ class ServiceHost:
 
     # --- readiness -------------------------------------------------------------------------
 
-    def attach(self, servicer: Any, workers: list[Any]) -> None:
-        """The built pipeline, and its threads/processes that must stay alive."""
-        self._servicer, self._workers = servicer, workers
+    def attach(self, servicer: Any) -> None:
+        """The built pipeline; readiness watches the threads/processes it needs alive."""
+        self._servicer, self._workers = servicer, pipeline_workers(servicer)
 
     def ready_reason(self) -> str | None:
         """None when ready, else why not (cheap: no prediction)."""
@@ -526,7 +526,7 @@ def serve(service: str, build_servicer: Callable[[Callable[[], int]], Any],
     host = ServiceHost(service, options)
     fronts = None if forks else _open_fronts(host, http_port, rpc_port, http_slot)
     servicer = build_servicer(host.clients)
-    host.attach(servicer, pipeline_workers(servicer))
+    host.attach(servicer)
     stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
