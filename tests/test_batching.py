@@ -1,4 +1,4 @@
-"""Auto-batching policy (serving.service.collect_batches) on upstream's real ThreadChannel: a
+"""Auto-batching policy (serving.pipeline.collect_batches) on upstream's real ThreadChannel: a
 lone client never waits, queued requests share a batch, a partial batch waits only for clients
 whose requests are on the way, and never longer than the timeout."""
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from paddle_serving_server.pipeline.channel import ChannelData, ChannelDataType, ThreadChannel
 
-from serving.service import collect_batches
+from serving.pipeline import collect_batches
 
 OP = "model"
 LONG = 5.0  # seconds: a timeout no test may sit out

@@ -26,10 +26,11 @@ from service_helpers import (
 
 from bench import stages
 from bench.loadgen import parse_http_response
-from serving.host import PUBLISH_EVERY_S
-from serving.manager import INPUTS_FILE, free_ports
-from serving.model_spec import ModelSpec
+from model.spec import ModelSpec
+from serving.control.manager import free_ports
+from serving.control.prepare import INPUTS_FILE
 from serving.protocol import decode_results, http_url, post_http, request_items
+from serving.service_metrics import PUBLISH_EVERY_S
 
 pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")
