@@ -23,6 +23,7 @@ from serving.service_metrics import ServiceMetrics, WorkerMetrics
 log = logging.getLogger(__name__)
 PROBE_EVERY_S = 10.0  # re-check that the model answers when no request succeeded for this long
 PROBE_TIMEOUT_S = 30.0
+PROBE_POLL_S = 0.2  # while a probe waits, how often it checks that the pipeline's workers live
 ACTIVE_CLIENT_S = 1.0  # a connection that sent a request this recently counts as a client
 
 
@@ -90,11 +91,11 @@ class ServiceState:
                               name=self.service)
             pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
             try:
-                reply = pool.submit(self.pipeline.infer, request).result(timeout)
-            except futures.TimeoutError:
-                return f"the model did not answer a probe within {timeout:.0f} s"
+                reply = self._await(pool.submit(self.pipeline.infer, request), timeout)
             finally:
                 pool.shutdown(wait=False)
+            if isinstance(reply, str):
+                return reply
             if reply.err_no != errors.OK:
                 return f"probe failed: err_no {reply.err_no}: {reply.err_msg}"
             self._loaded = True
@@ -103,10 +104,25 @@ class ServiceState:
         finally:
             self._probe_lock.release()
 
+    def _await(self, answer: futures.Future, timeout: float) -> Response | str:
+        """The probe's answer, or why there is none: the deadline passed, or a pipeline worker
+        died meanwhile (its request would never be answered)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return answer.result(min(PROBE_POLL_S, max(0.0, deadline - time.monotonic())))
+            except futures.TimeoutError:
+                if dead := self.pipeline.dead_workers():  # type: ignore[union-attr]
+                    return f"pipeline worker(s) died: {', '.join(dead)}"
+                if time.monotonic() >= deadline:
+                    return f"the model did not answer a probe within {timeout:.0f} s"
+
     def wait_loaded(self, deadline: float, stop: threading.Event) -> bool:
-        """Probe until the model answers; False if asked to stop first."""
+        """Probe until the model answers; False if asked to stop first. A pipeline worker that
+        died meanwhile (an op process whose model could not load) ends the start-up."""
         while (reason := self.probe()) is not None:
-            if time.monotonic() > deadline:
+            dead = self.pipeline.dead_workers() if self.pipeline else []
+            if dead or time.monotonic() > deadline:
                 raise RuntimeError(f"{self.service}: not ready after start-up: {reason}")
             log.info("%s: %s", self.service, reason)
             if stop.wait(0.5):

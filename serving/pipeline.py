@@ -21,7 +21,9 @@ that slicing: the detector's NMS boxes are counted per image, not per row.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,6 +47,7 @@ Request = pipeline_service_pb2.Request
 Response = pipeline_service_pb2.Response
 add_servicer_to_server = pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server
 Servicer = pipeline_service_pb2_grpc.PipelineServiceServicer
+log = logging.getLogger(__name__)
 
 # Stashed in the request dict between preprocess and postprocess: the pipeline hands the same
 # dict to both (operator.py _run_preprocess / _run_postprocess), so nothing outlives a request.
@@ -57,6 +60,7 @@ _IMAGE_OUTPUTS = "@image_outputs"  # process -> postprocess: each image's part o
 # process, so the timings travel with the answer.
 STAGES_KEY = "@stage_seconds"
 BATCH_KEY = "@batch_images"
+MODEL_LOAD_FAILED = 3  # exit status of a process whose model cannot load
 # channel.front() waits forever for timeout <= 0; this is "only what is already queued".
 _NO_WAIT = 1e-6
 
@@ -166,8 +170,16 @@ class ModelOp(Op):
         return None
 
     def init_op(self) -> None:
-        """Runs in the Op's thread (or each Op process, after the fork)."""
-        self.model.load()
+        """Runs in the Op's thread (or each Op process, after the fork). A model that cannot
+        load ends the process at once, with the reason in the log: nothing there could ever
+        answer (upstream would log the error and serve on, failing every request)."""
+        try:
+            self.model.load()
+        except Exception:
+            log.exception("%s: cannot load the model from %s; exiting", self.model.spec.name,
+                          self.model.model_dir)
+            logging.shutdown()
+            os._exit(MODEL_LOAD_FAILED)
 
     def use_default_auto_batching_config(self) -> None:
         """Keeps batching on. Upstream's DAG turns it off under build_dag_each_worker (dag.py,

@@ -7,12 +7,14 @@ logger writes there at import.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 
@@ -41,12 +43,10 @@ def run_service(spec: ModelSpec, model_dir: Path, settings: Settings, http_port:
              http_port, rpc_port, settings.host, workers, config_file)
     configure_process(settings)
     model = Model(spec, model_dir, settings)
-    # With several workers the fronts open once the model is loaded, so the kernel never hands
-    # a connection to a worker that would answer 503 while the others are ready.
-    forks = not settings.is_thread_op or workers > 1
+    opening = fronts_opening(settings, workers)
 
     def serve_one(http_slot: WorkerSlot | None = None, metrics_dir: Path | None = None) -> int:
-        return serve(model, config, http_port, rpc_port, forks, http_slot, metrics_dir)
+        return serve(model, config, http_port, rpc_port, opening, http_slot, metrics_dir)
 
     if workers == 1:
         return serve_one()
@@ -57,25 +57,44 @@ def run_service(spec: ModelSpec, model_dir: Path, settings: Settings, http_port:
     return serve_workers(workers, serve_one, listener, pin_cores=settings.pin_workers)
 
 
-def serve(model: Model, config: dict, http_port: int, rpc_port: int, forks: bool,
-          http_slot: WorkerSlot | None, metrics_dir: Path | None) -> int:
-    """Build the pipeline, serve both ports until SIGTERM/SIGINT, drain, exit.
+class Opening(enum.Enum):
+    """When a worker opens its fronts, relative to building its pipeline and loading its model."""
 
-    forks: the pipeline starts process ops, or this is one of several workers. Process ops must
-    then be forked before any socket exists, or they would inherit the listening sockets (and
-    keep the ports bound after the service is killed); they load the model after the fork, so
-    readiness still says 503 meanwhile. Thread ops load the model while the pipeline is built,
-    so the fronts open first and answer 503 during the load.
-    """
+    FIRST = "first"  # answer 503 NOT_READY while the model loads
+    AFTER_FORKS = "after the op processes forked"  # they must not inherit the listening sockets
+    WHEN_LOADED = "once the model answered"  # never take a connection a sibling could serve
+
+
+def fronts_opening(settings: Settings, workers: int) -> Opening:
+    if workers > 1:
+        return Opening.WHEN_LOADED
+    return Opening.FIRST if settings.is_thread_op else Opening.AFTER_FORKS
+
+
+def serve(model: Model, config: dict, http_port: int, rpc_port: int, opening: Opening,
+          http_slot: WorkerSlot | None, metrics_dir: Path | None) -> int:
+    """Build the pipeline (its Op loads the model in its own thread or process), open both
+    fronts when `opening` says, serve until SIGTERM/SIGINT, drain, exit."""
     state = ServiceState(model.spec.service.name, model.settings, metrics_dir)
-    fronts = None if forks else _open_fronts(state, http_port, rpc_port, http_slot)
+
+    def open_fronts() -> tuple[grpc.Server, HttpServer]:
+        return _open_fronts(state, http_port, rpc_port, http_slot)
+
+    fronts = open_fronts() if opening is Opening.FIRST else None
     state.attach(Pipeline(model, config, state.clients))
     stop = threading.Event()  # handlers after the forks: op processes keep the default SIGTERM
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    grpc_server, http_server = fronts or _open_fronts(state, http_port, rpc_port, http_slot)
-    if state.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
-        log.info("%s: ready", state.service)
+    if opening is Opening.AFTER_FORKS:
+        fronts = open_fronts()
+    try:
+        if state.wait_loaded(time.monotonic() + STARTUP_TIMEOUT_S, stop):
+            log.info("%s: ready", state.service)
+    except RuntimeError as error:  # the model cannot load: no point serving
+        log.error("%s", error)
+        Pipeline.stop_op_processes()
+        exit_now(1)
+    grpc_server, http_server = fronts or open_fronts()
     stop.wait()
     return _shutdown(state, grpc_server, http_server)
 
@@ -90,7 +109,8 @@ def _open_fronts(state: ServiceState, http_port: int, rpc_port: int,
     return grpc_server, http_server
 
 
-def _shutdown(state: ServiceState, grpc_server: grpc.Server, http_server: HttpServer) -> int:
+def _shutdown(state: ServiceState, grpc_server: grpc.Server, http_server: HttpServer
+              ) -> int:
     timeout = state.settings.drain_timeout_s
     log.info("%s: stopping: refusing new requests, draining %d in flight (at most %d s)",
              state.service, state.inflight, timeout)
@@ -105,6 +125,11 @@ def _shutdown(state: ServiceState, grpc_server: grpc.Server, http_server: HttpSe
     log.info("%s: stopped: %d requests accepted, %d answered, %d abandoned", state.service,
              state.accepted, state.answered, state.accepted - state.answered)
     Pipeline.stop_op_processes()
+    exit_now(0 if drained else 1)
+
+
+def exit_now(status: int) -> NoReturn:
+    """Flush the logs and leave: the pipeline's threads are not daemons and never return on
+    their own, so a normal interpreter exit would wait for them forever."""
     logging.shutdown()
-    # os._exit: the upstream op threads are not daemons and never return on their own.
-    os._exit(0 if drained else 1)
+    os._exit(status)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from model.process import pin_worker
 from serving.balance import SharedListener, WorkerSlot
@@ -42,10 +43,9 @@ def serve_workers(workers: int, serve_one: ServeOne, http_listener: SharedListen
     for index in range(workers):
         pid = os.fork()
         if pid == 0:
-            _die_with(parent)
-            if pin_cores and (share := pin_worker(index, workers)) is not None:
-                log.info("worker %d of %d runs on cores %s", index + 1, workers, sorted(share))
-            os._exit(serve_one(http_listener and http_listener.slot(index), metrics_dir))
+            slot = http_listener.slot(index) if http_listener else None
+            _run_worker(index, workers, parent, pin_cores,
+                        functools.partial(serve_one, slot, metrics_dir))
         children.append(pid)
     if http_listener is not None:
         http_listener.socket.close()  # the workers' copies stay: the port closes with theirs
@@ -53,6 +53,22 @@ def serve_workers(workers: int, serve_one: ServeOne, http_listener: SharedListen
         return _wait_for(children)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_worker(index: int, workers: int, parent: int, pin_cores: bool,
+                serve: Callable[[], int]) -> NoReturn:
+    """In the forked child: never return into the parent's code, whatever happens."""
+    status = 1
+    try:
+        _die_with(parent)
+        if pin_cores and (share := pin_worker(index, workers)) is not None:
+            log.info("worker %d of %d runs on cores %s", index + 1, workers, sorted(share))
+        status = serve()
+    except BaseException:
+        log.exception("worker %d of %d failed", index + 1, workers)
+    finally:
+        logging.shutdown()
+        os._exit(status)
 
 
 def _wait_for(children: list[int]) -> int:
