@@ -137,17 +137,17 @@ def worker(args: argparse.Namespace) -> None:
     configure_process(resolved)
     if resolved.pin_workers:
         pin_worker(args.worker_index, args.workers)
-    serve_one = Model(spec, args.serving_server, resolved).load()
+    model = Model(spec, args.serving_server, resolved).load()
     jpegs = json.loads(args.images.read_text())["jpegs_hex"]
     requests = [request_items([bytes.fromhex(jpegs[(i + j) % len(jpegs)])
                                for j in range(args.batch)]) for i in range(len(jpegs))]
     for index in range(WARMUP_CALLS):
-        serve_one(requests[index % len(requests)])
+        model(requests[index % len(requests)])
     print("ready", flush=True)
     next_requests = itertools.cycle(requests)  # each window goes on where the last stopped
     for line in sys.stdin:  # "go SECONDS WARMUP" per window; EOF ends the worker
         duration_s, warmup_s = (float(word) for word in line.split()[1:3])
-        report = _window(serve_one, next_requests, duration_s, warmup_s)
+        report = _window(model, next_requests, duration_s, warmup_s)
         print(json.dumps({**report, "images": len(report["latencies_ms"]) * args.batch}),
               flush=True)
 

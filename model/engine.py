@@ -25,6 +25,12 @@ def is_pir_program(program: Path) -> bool:
     return program.suffix == ".json"
 
 
+def _memory_optim(settings: Settings, program: Path) -> bool:
+    """mem_optim, `auto` resolved: PIR programs fail at predictor creation with the pass ("Not
+    find predictor_id 0 and pass_name memory_optimize_pass"); legacy ones take it."""
+    return settings.mem_optim if settings.mem_optim is not None else not is_pir_program(program)
+
+
 class PaddleEngine:
     """feed {input name: array} -> the model's outputs, in the program's output order."""
 
@@ -38,10 +44,7 @@ class PaddleEngine:
         config.set_cpu_math_library_num_threads(settings.thread_num)
         if settings.use_mkldnn:
             config.enable_mkldnn()
-        # auto: PIR programs fail at predictor creation with the pass ("Not find predictor_id 0
-        # and pass_name memory_optimize_pass"); legacy ones take it.
-        mem_optim = settings.mem_optim
-        if mem_optim if mem_optim is not None else not is_pir_program(program):
+        if _memory_optim(settings, program):
             config.enable_memory_optim()
         self._predictor = inference.create_predictor(config)
         self.input_names: list[str] = list(self._predictor.get_input_names())
