@@ -32,7 +32,7 @@ WAITING = "waiting (no CPU): conditions, sockets"
 # (stage, substrings of a py-spy frame "function (file:line)"); a sample goes to the innermost
 # frame matching any row. Order inside the table does not matter: a frame matches one row.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("predict (Paddle Inference)", ("Model.predict (", "PaddleEngine.run (")),
+    ("predict (the engine)", ("Model.predict (", "Engine.run (")),
     ("decode: base64 + JPEG + limits", ("decode_checked (",)),
     ("preprocess: resize, crop, normalize", ("Model.preprocess (", "Preprocessor.")),
     ("postprocess: outputs -> JSON", ("Model.postprocess (",)),

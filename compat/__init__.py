@@ -1,5 +1,6 @@
-"""Compatibility layer: makes Paddle Serving 0.9.0, paddledet 2.6.0 and paddleclas 2.6.0 run on
-Python 3.11 + paddlepaddle 3.x + numpy 2 + protobuf >= 4, without editing site-packages.
+"""Compatibility layer: makes Paddle Serving 0.9.0, paddledet 2.6.0, paddleclas 2.6.0 and
+paddle2onnx 2.1.0 run on Python 3.11 + paddlepaddle 3.x + numpy 2 + protobuf >= 4, without editing
+site-packages.
 
 `activate()` registers every fix as an import hook: a function applied to a module right before
 or after it executes, so nothing heavy is imported here and a fix only costs something when its
@@ -10,7 +11,8 @@ has to import this package first. PADDLE_VISION_SERVING_COMPAT=off leaves them o
 upstream's own behaviour (the tests reproduce each upstream failure so).
 
 The fixes themselves, each with its root cause, live in `compat.serving` (Paddle Serving),
-`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas) and `compat.paddle` (paddle).
+`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas), `compat.paddle` (paddle),
+`compat.paddle2onnx` (paddle2onnx) and `compat.openvino` (OpenVINO, settings its callers pass).
 `compat.applied` lists what has run, for tests.
 """
 
@@ -26,11 +28,11 @@ applied = hooks.applied
 
 def activate() -> None:
     """Install every fix, once per process."""
-    from compat import paddle, paddleclas, ppdet, serving
+    from compat import paddle, paddle2onnx, paddleclas, ppdet, serving
 
     if hooks.installed():
         return
-    for fixes in (paddle, serving, ppdet, paddleclas):
+    for fixes in (paddle, serving, ppdet, paddleclas, paddle2onnx):
         fixes.install()
     hooks.install()
 

@@ -5,7 +5,7 @@
 - settings: the runtime settings, one typed table
 - request, errors: a request's images checked against the limits; the stable error codes
 - preprocess, postprocess: the declared steps, replayed; outputs -> per-image results
-- engine: the engine that runs the program (Paddle Inference)
+- engine: the engine that runs the program (Paddle Inference, ONNX Runtime or OpenVINO)
 - model: `Model`, load / preprocess / predict / postprocess, and a batch API
 - process: process-wide settings applied before a model loads
 

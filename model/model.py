@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model.engine import PaddleEngine
+from model.engine import Engine, build_engine
 from model.errors import RequestError
 from model.postprocess import build_postprocessor
 from model.preprocess import Preprocessor, Sample
@@ -50,14 +50,15 @@ class Model:
         self._preprocessor = Preprocessor(spec.preprocess_steps(model_dir))
         self._postprocessor = build_postprocessor(spec.postprocess.type, spec.labels,
                                                   spec.fetches, spec.postprocess.params)
-        self._engine: PaddleEngine | None = None
+        self._engine: Engine | None = None
 
     @property
     def ready(self) -> bool:
         return self._engine is not None
 
     def load(self) -> Model:
-        engine = PaddleEngine(self.model_dir, self.settings)
+        """Build the engine the settings name (model.engine.build_engine)."""
+        engine = build_engine(self.model_dir, self.settings)
         _check_interface(self.spec, engine.input_names, engine.output_names)
         self._engine = engine
         return self

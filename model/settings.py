@@ -6,6 +6,7 @@ settings`). What each default buys, measured: docs/benchmarks.md.
 Scope "model" settings shape how the model runs in its process, so in-process runs (the benchmark's
 limit, the soak's reference answers) use them too; scope "service" ones shape the pipeline service.
 A default of None is shown and set as `auto`: the consumer decides from the machine or the model.
+A setting with `choices` takes one of them and nothing else.
 """
 
 from __future__ import annotations
@@ -28,13 +29,24 @@ class SettingsError(ValueError):
     """A runtime setting that does not exist or has a value of the wrong kind."""
 
 
-def _setting(default: Any, why: str, scope: str = MODEL) -> Any:
-    return field(default=default, metadata={"why": why, "scope": scope})
+def _setting(default: Any, why: str, scope: str = MODEL, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"why": why, "scope": scope, "choices": choices})
+
+
+ENGINES = ("paddle", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
 class Settings:
     # --- the model in its process ----------------------------------------------------------
+    engine: str = _setting("paddle", "what runs the model: Paddle Inference, ONNX Runtime or "
+                           "OpenVINO (the last two from the ONNX model the export writes). "
+                           "ir_optim, use_mkldnn and mem_optim concern paddle only",
+                           choices=ENGINES)
+    precision: str = _setting("fp32", "int8: the post-training quantised ONNX model the export "
+                              "writes (onnxruntime or openvino); accuracy and speed of each: "
+                              "docs/benchmarks.md", choices=PRECISIONS)
     thread_num: int = _setting(1, "math threads per predictor; a service runs one worker per "
                                "core, and a second thread spins while the worker does Python "
                                "work, costing CPU the other worker needs")
@@ -86,6 +98,14 @@ class Settings:
     max_body_bytes: int = _setting(16 << 20, "bytes of an HTTP body or gRPC message", SERVICE)
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            choices = item.metadata["choices"]
+            if choices and getattr(self, item.name) not in choices:
+                raise SettingsError(f"runtime {item.name}: expected one of {', '.join(choices)}, "
+                                    f"got {getattr(self, item.name)!r}")
+        if self.precision == "int8" and self.engine == "paddle":
+            raise SettingsError("precision=int8 needs engine=onnxruntime or engine=openvino: the "
+                                "INT8 model is an ONNX model (Paddle Inference runs fp32 only)")
         if self.is_thread_op and self.concurrency > 1:
             raise SettingsError("concurrency > 1 needs is_thread_op=false (thread ops share one "
                                 "model, and a predictor is not thread-safe)")
@@ -104,6 +124,7 @@ class Settings:
 
 _TYPES: dict[str, Any] = typing.get_type_hints(Settings)
 KEYS: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+_FIELDS = {f.name: f for f in fields(Settings)}
 
 
 def resolve(*layers: Mapping[str, Any]) -> Settings:
@@ -179,6 +200,9 @@ def help_text() -> str:
 
 
 def _kind(key: str) -> str:
+    choices = _FIELDS[key].metadata["choices"]
+    if choices:
+        return " | ".join(choices)
     kind = _TYPES[key]
     names = [t.__name__ for t in typing.get_args(kind) or (kind,) if t is not type(None)]
     return " or ".join(names + ([AUTO] if type(None) in typing.get_args(kind) else []))

@@ -18,7 +18,7 @@ def test_a_sample_goes_to_the_innermost_named_stage() -> None:
         "decode: base64 + JPEG + limits"
     assert profile.stage_of([OP, HANDLER, "Preprocessor.from_array (x.py:1)"]) == \
         "preprocess: resize, crop, normalize"
-    assert profile.stage_of([OP, PREDICT]) == "predict (Paddle Inference)"
+    assert profile.stage_of([OP, PREDICT]) == "predict (the engine)"
     assert profile.stage_of([HTTP, BODY, "loads (json/__init__.py:346)"]) == \
         "HTTP request: headers + JSON body"
     assert profile.stage_of([OP, "_run_postprocess (threading.py:320)"]) == \
@@ -37,14 +37,14 @@ def test_collapsed_counts_become_milliseconds_per_request() -> None:
         "garbage line without a count",
     ])
     samples = profile.parse_collapsed(collapsed)
-    assert samples == {"predict (Paddle Inference)": 400,
+    assert samples == {"predict (the engine)": 400,
                        "decode: base64 + JPEG + limits": 50,
                        "HTTP request: headers + JSON body": 50, profile.WAITING: 20}
     times = profile.stage_times(samples, rate_hz=100, requests=10)
-    assert times[0].stage == "predict (Paddle Inference)"
+    assert times[0].stage == "predict (the engine)"
     by_stage = {t.stage: t for t in times}
     # 400 samples at 100 Hz = 4 s over 10 requests = 400 ms each; shares of 520 samples
-    assert by_stage["predict (Paddle Inference)"].ms_per_request == 400.0
+    assert by_stage["predict (the engine)"].ms_per_request == 400.0
     assert by_stage["decode: base64 + JPEG + limits"].share == 50 / 520
     text = profile.table(times, cpu_ms_per_request=520.0, throughput=2.5, sampled="busy")
     assert "total busy, without waiting" in text and " 500.00" in text
