@@ -42,7 +42,7 @@ REFERENCE_RUNTIME = {"worker_num": "1",
                      "concurrency": "1", "thread_num": "2", "image_threads": "2",
                      "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
                      "reuse_freed_memory": "false", "pin_workers": "false",
-                     "free_intermediate_tensors": "true"}
+                     "free_intermediate_tensors": "true", "engine": "paddle", "precision": "fp32"}
 DEFAULT_VARIANTS = ("project", REFERENCE)
 ROUND_WARMUP_S = 1.0  # before each window of a paired round: every process is loaded already
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
@@ -290,10 +290,11 @@ def rpc_reply_ok(reply: bytes) -> tuple[bool, str]:
 
 def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str, Any]:
     spec = layout.spec(name)
-    ensure_serving_folder(layout, spec)
+    variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
+    for runtime in variants.values():  # every model file the variants need, before any starts
+        ensure_serving_folder(layout, spec, runtime)
     jpegs = spec.sample_images(args.images)
     payloads = encode_payloads(jpegs)
-    variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
     model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},
                              "failed_variants": {},
                              "mean_jpeg_bytes": round(sum(map(len, jpegs)) / len(jpegs))}

@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     layout = Layout(models_dir=args.models_dir.resolve(), build_dir=args.build_dir.resolve())
     spec = layout.spec(args.model)
-    ensure_serving_folder(layout, spec)
-    resolved = settings.resolve(spec.runtime, settings.parse_pairs(args.runtime))
+    runtime = settings.parse_pairs(args.runtime)
+    ensure_serving_folder(layout, spec, runtime)
+    resolved = settings.resolve(spec.runtime, runtime)
     ports = ports_for(spec, parse_port_flags(args.port))
     workdir = layout.serving_dir(spec.name)
     os.chdir(workdir)  # the pipeline writes ProcessInfo.json and PipelineServingLogs/ here

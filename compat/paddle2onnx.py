@@ -31,15 +31,12 @@ if TYPE_CHECKING:  # numpy is imported where it is used: this module loads in ev
 #   be ir::FloatAttribute" (parser/pir_parser.cc:814): YOLOv3's upsampling;
 # - float: the parser assigns the value only if it is a FloatAttribute and otherwise leaves the
 #   mapper's member unset: the ONNX LeakyRelu gets alpha 2.47e-43 instead of 0.1, silently.
-# The wrapper rewrites those attributes as float32 when float32 holds the value exactly (legacy
-# programs stored them as float in the first place) and refuses otherwise. A legacy program is
-# translated to PIR first (what paddle2onnx.export itself does), so the rewrite applies to it too.
+# The wrapper stores those attributes as float32: the value Paddle's own CPU kernels compute with,
+# since they take them as float (phi LeakyReluKernel `float alpha`, the interpolate kernels
+# `const std::vector<float>& scale`). A legacy program is translated to PIR first (what
+# paddle2onnx.export itself does), so the rewrite applies to it too.
 FLOAT_ATTRIBUTES = {"1.leaky_relu": "negative_slope", "1.nearest_interp": "scale",
                     "1.bilinear_interp": "scale"}  # PIR op id -> attribute read as float
-
-
-class InexactFloatAttribute(ValueError):
-    """A double attribute that float32 cannot hold: converting it would change the model."""
 
 
 def float_attributes(program: Path, patched: Path) -> Path:
@@ -53,28 +50,21 @@ def float_attributes(program: Path, patched: Path) -> Path:
                 name = FLOAT_ATTRIBUTES.get(op.get("#"))
                 for attribute in op.get("A", []) if name else ():
                     if attribute.get("N") == name:
-                        changed += _doubles_to_floats(attribute["AT"], f"{op['#']}.{name}")
+                        changed += _doubles_to_floats(attribute["AT"])
     if not changed:
         return program
     patched.write_text(json.dumps(document), encoding="utf-8")
     return patched
 
 
-def _doubles_to_floats(attribute: dict[str, Any], where: str) -> int:
+def _doubles_to_floats(attribute: dict[str, Any]) -> int:
     """A scalar ("0.a_f64") or an array of them ("0.a_array") -> float; the count changed."""
     if attribute.get("#") == "0.a_array":
-        return sum(_doubles_to_floats(element, where) for element in attribute.get("D", []))
+        return sum(_doubles_to_floats(element) for element in attribute.get("D", []))
     if attribute.get("#") != "0.a_f64":
         return 0
-    value = float(attribute["D"])
-    try:
-        exact = struct.unpack("f", struct.pack("f", value))[0] == value
-    except OverflowError:  # beyond float32's range
-        exact = False
-    if not exact:
-        raise InexactFloatAttribute(f"{where}: {value!r} is not exact in float32; paddle2onnx "
-                                    "reads this attribute as float and would change the model")
     attribute["#"] = "0.a_f32"
+    attribute["D"] = struct.unpack("f", struct.pack("f", float(attribute["D"])))[0]
     return 1
 
 

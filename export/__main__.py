@@ -22,9 +22,14 @@ examples:
   python -m export output/best_model.pdparams --config my_yolov3.yml \\
       --patch prototxt_patches/traffic_light.yml --out build/serving/traffic_light
   python -m export old_tutorial_export/ --patch prototxt_patches/traffic_light.yml   # in place
+  python -m export models/peach/inference --patch prototxt_patches/peach.yml \
+      --model models/peach --out build/serving/peach --int8   # + the ONNX models
 
 Writes OUT/serving_server/ (model files, serving_server_conf.prototxt + .stream.prototxt,
 model_checksums.sha256) and OUT/serving_client/ (serving_client_conf.prototxt + .stream.prototxt).
+--onnx adds serving_server/inference.onnx, for the onnxruntime and openvino engines; with --model
+it must answer the description's sample images like the Paddle program. --int8 adds
+inference_int8.onnx too, quantised on the description's calibration images (needs --model).
 Exit status 2 on bad input, with a message saying what is wrong.
 """
 
@@ -44,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, metavar="MODEL_YML",
                         help="the model's description (models/<name>/model.yml or its folder): "
                              "fail unless its feeds and fetches are the patched aliases")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write the ONNX model (engines onnxruntime, openvino)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write the ONNX model and its INT8 quantisation (needs --model)")
     return parser.parse_args(argv)
 
 
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = ModelSpec.load(args.model) if args.model else None
-        written = convert(args.source, args.out, args.patch, args.config, spec)
+        onnx = "int8" if args.int8 else "fp32" if args.onnx else ""
+        written = convert(args.source, args.out, args.patch, args.config, spec, onnx)
     except (ExportError, ModelSpecError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from paddle_serving_app.proto.general_model_config_pb2 import GeneralModelConfig
 from export import checksums
 from export.errors import ExportError
 from export.model_io import find_inference_model, read_interface
+from export.onnx_models import write_onnx_models
 from export.patch import Patch, apply_patch, load_patch
 from export.serving_folder import (
     SERVER_DIR,
@@ -92,7 +93,9 @@ def export_checkpoint(weights: Path, config_path: Path, workdir: Path) -> Path:
 
 
 def export_inference_folder(source: Path, out: Path, patch: Patch | None,
-                            description: ModelSpec | None) -> None:
+                            description: ModelSpec | None, onnx: str = "") -> None:
+    """onnx: "" (Paddle program only), "fp32" (+ inference.onnx) or "int8" (+ both ONNX models,
+    export.onnx_models)."""
     model = find_inference_model(source)
     log.info("read %s model %s + %s%s", "PIR" if model.is_pir else "legacy", model.program,
              model.params.name, "".join(f" + {p.name}" for p in model.extras))
@@ -101,7 +104,11 @@ def export_inference_folder(source: Path, out: Path, patch: Patch | None,
         for spec in specs:
             log.info("  %s %s %s %s", kind, spec.name, spec.dtype, list(spec.shape))
     config = _patched(build_config(interface), patch, "serving config", description)
-    written = write_serving_folder(model, config, out)
+
+    def onnx_models(server: Path) -> None:
+        write_onnx_models(model, server, description, int8=onnx == "int8")
+
+    written = write_serving_folder(model, config, out, onnx_models if onnx else None)
     for path in written.files:
         log.info("wrote %s", path)
 
@@ -129,11 +136,15 @@ def patch_serving_folder(source: Path, out: Path, patch: Patch | None,
 
 
 def convert(source: Path, out: Path | None, patch_file: Path | None, config: Path | None,
-            description: ModelSpec | None = None) -> Path:
+            description: ModelSpec | None = None, onnx: str = "") -> Path:
     """Run the export stage; returns the serving folder written. description: the model.yml
-    whose feeds and fetches the patched configs must match."""
+    whose feeds and fetches the patched configs must match. onnx: see export_inference_folder
+    (not for a serving folder SOURCE, which is only patched)."""
     patch = load_patch(patch_file) if patch_file else None
     if is_serving_folder(source):
+        if onnx:
+            raise ExportError(f"{source} is a serving folder, which is only patched: export the "
+                              "ONNX models from its inference model folder or checkpoint")
         patch_serving_folder(source, out or source, patch, description)
         return out or source
     if out is None:
@@ -143,7 +154,7 @@ def convert(source: Path, out: Path | None, patch_file: Path | None, config: Pat
             raise ExportError(f"{source} is a checkpoint: pass its model config with --config")
         with tempfile.TemporaryDirectory(prefix="export-") as workdir:
             export_inference_folder(export_checkpoint(source, config, Path(workdir)), out, patch,
-                                    description)
+                                    description, onnx)
         return out
-    export_inference_folder(source, out, patch, description)
+    export_inference_folder(source, out, patch, description, onnx)
     return out

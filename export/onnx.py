@@ -32,8 +32,7 @@ def export_onnx(model: InferenceModel, target: Path) -> Path:
         paddle2onnx.export(str(model.program), str(model.params), save_file=str(target),
                            opset_version=OPSET, auto_upgrade_opset=True,
                            enable_onnx_checker=True)
-    except UnboundLocalError as error:
-        # paddle2onnx.export logs the converter's error, then fails on its unset result
+    except SystemExit as error:  # paddle2onnx logs the converter's error, then calls sys.exit
         raise ExportError(f"paddle2onnx cannot convert {model.program}: see the error it "
                           "logged above") from error
     if not target.is_file():

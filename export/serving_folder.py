@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +102,12 @@ def _replace_dir(built: Path, target: Path) -> None:
 
 
 def write_serving_folder(
-    model: InferenceModel, config: GeneralModelConfig, out: Path
+    model: InferenceModel, config: GeneralModelConfig, out: Path,
+    derive: Callable[[Path], object] | None = None,
 ) -> WrittenFolder:
-    """Create out/serving_server (model files + config + manifest) and out/serving_client."""
+    """Create out/serving_server (model files + config + manifest) and out/serving_client.
+    derive(serving_server): writes files derived from the model files (the ONNX models) into
+    the new folder before its manifest is written, so the manifest covers them too."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
         server, client = Path(scratch) / SERVER_DIR, Path(scratch) / CLIENT_DIR
@@ -113,6 +116,8 @@ def write_serving_folder(
             shutil.copyfile(source, server / source.name)
         write_config(config, Path(scratch) / SERVER_CONF)
         write_config(config, Path(scratch) / CLIENT_CONF)
+        if derive is not None:
+            derive(server)
         write_checksums(server)
         _replace_dir(server, out / SERVER_DIR)
         _replace_dir(client, out / CLIENT_DIR)

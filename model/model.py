@@ -56,6 +56,13 @@ class Model:
     def ready(self) -> bool:
         return self._engine is not None
 
+    @property
+    def engine(self) -> Engine:
+        """The engine `load()` built."""
+        if self._engine is None:
+            raise RuntimeError(f"{self.spec.name}: the engine is used before load()")
+        return self._engine
+
     def load(self) -> Model:
         """Build the engine the settings name (model.engine.build_engine)."""
         engine = build_engine(self.model_dir, self.settings)
@@ -88,9 +95,7 @@ class Model:
     def predict(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         """One engine call for all `samples` (of one request or several) -> each image's part
         of the outputs, in sample order."""
-        if self._engine is None:
-            raise RuntimeError(f"{self.spec.name}: predict() before load()")
-        outputs = self._engine.run(self.feed(samples))
+        outputs = self.engine.run(self.feed(samples))
         named = dict(zip(self.spec.fetches, outputs, strict=True))
         return self._postprocessor.split(named, len(samples))
 

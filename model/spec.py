@@ -56,6 +56,7 @@ class ModelSpec:
     service: ServiceSpec
     runtime: dict[str, Any] = field(default_factory=dict)  # keys of model.settings.Settings
     samples: str = ""  # "module:function" making sample JPEGs: f(count) -> list[bytes]
+    calibration: str = ""  # "module:function" making training JPEGs for INT8 calibration
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:
@@ -107,6 +108,7 @@ class ModelSpec:
                                 rpc_port=int(service["rpc_port"])),
             runtime=runtime,
             samples=str(raw.get("samples", "")),
+            calibration=str(raw.get("calibration", "")),
         )
 
     def preprocess_steps(self, model_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -127,18 +129,24 @@ class ModelSpec:
     def sample_images(self, count: int) -> list[bytes]:
         """`count` sample JPEGs from the generator the description names (`samples:`), for
         benchmarks and tests."""
-        return _sample_generator(self.samples, self.name)(count)
+        return _image_generator(self.samples, "samples", self.name)(count)
+
+    def calibration_images(self, count: int) -> list[bytes]:
+        """`count` training JPEGs from the generator the description names (`calibration:`),
+        for the INT8 quantisation's calibration: images of the training distribution, none of
+        the validation images accuracy is measured on."""
+        return _image_generator(self.calibration, "calibration", self.name)(count)
 
 
-def _sample_generator(reference: str, model: str) -> Callable[[int], list[bytes]]:
+def _image_generator(reference: str, key: str, model: str) -> Callable[[int], list[bytes]]:
     module_name, _, function = reference.partition(":")
     if not (module_name and function):
-        raise ModelSpecError(f"{model}: no sample images: set `samples: module:function` in its "
+        raise ModelSpecError(f"{model}: no {key} images: set `{key}: module:function` in its "
                              "model.yml (a function of count returning JPEG bytes)")
     try:
         return getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as error:
-        raise ModelSpecError(f"{model}: samples {reference!r} cannot be loaded: {error}") from None
+        raise ModelSpecError(f"{model}: {key} {reference!r} cannot be loaded: {error}") from None
 
 
 _ID_NAME = re.compile(r"^\s*(\d+)\s+(\S.*?)\s*$")

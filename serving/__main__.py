@@ -74,7 +74,7 @@ def start(layout: Layout, args: argparse.Namespace) -> int:
     runtime = [*args.runtime, *([f"host={args.host}"] if args.host else [])]
     specs = [layout.spec(name) for name in names]
     for spec in specs:
-        ensure_serving_folder(layout, spec)
+        ensure_serving_folder(layout, spec, settings.parse_pairs(runtime))
     already = {record.name: record for record in running_records(layout)}
     launched, waiting = [], []
     try:
@@ -175,7 +175,7 @@ def status(layout: Layout, args: argparse.Namespace) -> int:
 
 def run(layout: Layout, args: argparse.Namespace) -> int:
     spec = layout.spec(args.model)
-    ensure_serving_folder(layout, spec)
+    ensure_serving_folder(layout, spec, settings.parse_pairs(args.runtime))
     serving_server = layout.serving_server(spec.name)
     try:
         verified = verify_checksums(serving_server)

@@ -197,6 +197,12 @@ def validation_jpegs(count: int) -> list[bytes]:
     return [sample.jpeg for sample in generate_samples("val", count, seed=0)]
 
 
+def training_jpegs(count: int) -> list[bytes]:
+    """The first `count` training images of the default dataset (seed 0): the INT8 calibration
+    images of models/peach/model.yml."""
+    return [sample.jpeg for sample in generate_samples("train", count, seed=0)]
+
+
 def write_dataset(out: Path, train_count: int, val_count: int, seed: int,
                   contact_sheet_count: int = 32) -> Path:
     """Writes the folders, the three list files and contact_sheet.png; returns `out`."""

@@ -282,6 +282,14 @@ def validation_jpegs(count: int) -> list[bytes]:
     return [split_sample(spec.seed, valid, index)[0] for index in range(count)]
 
 
+def training_jpegs(count: int) -> list[bytes]:
+    """The first `count` images of the default dataset's `train` split: the INT8 calibration
+    images of models/traffic_light/model.yml."""
+    spec = DatasetSpec()
+    train = next(split for split in spec.splits() if split.name == "train")
+    return [split_sample(spec.seed, train, index)[0] for index in range(count)]
+
+
 def draw_boxes(image: np.ndarray, lights: list[Light]) -> np.ndarray:
     """RGB copy with each light's box and label drawn (white label on the box colour)."""
     out = image.copy()
