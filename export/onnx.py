@@ -12,6 +12,8 @@ engines feed them by name.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 from export.errors import ExportError
@@ -20,23 +22,28 @@ from export.model_io import InferenceModel
 log = logging.getLogger("export")
 
 OPSET = 13  # NonMaxSuppression needs >= 10; 13 is the opset paddle2onnx 2.1.0 is tested at
+# paddle2onnx ends its process on a failed conversion (sys.exit, or a C++ abort for an operator
+# it cannot convert), so it converts in a child interpreter of its own.
+CONVERT = """
+import sys, paddle2onnx
+program, params, target, opset = sys.argv[1:]
+paddle2onnx.export(program, params, save_file=target, opset_version=int(opset),
+                   auto_upgrade_opset=True, enable_onnx_checker=True)
+"""
 
 
 def export_onnx(model: InferenceModel, target: Path) -> Path:
     """Writes the program's ONNX translation to `target`, checked by the ONNX checker."""
     import onnx
-    import paddle2onnx
 
     target.unlink(missing_ok=True)
-    try:
-        paddle2onnx.export(str(model.program), str(model.params), save_file=str(target),
-                           opset_version=OPSET, auto_upgrade_opset=True,
-                           enable_onnx_checker=True)
-    except SystemExit as error:  # paddle2onnx logs the converter's error, then calls sys.exit
-        raise ExportError(f"paddle2onnx cannot convert {model.program}: see the error it "
-                          "logged above") from error
-    if not target.is_file():
-        raise ExportError(f"paddle2onnx wrote no {target}")
+    done = subprocess.run([sys.executable, "-c", CONVERT, str(model.program), str(model.params),
+                           str(target), str(OPSET)], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not target.is_file():
+        output = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
+                           if "ERROR" in line or "Error" in line or "unsupported" in line)
+        raise ExportError(f"paddle2onnx cannot convert {model.program} (exit {done.returncode})"
+                          f":\n{output[-3000:]}")
     converted = onnx.load(str(target))
     onnx.checker.check_model(converted, full_check=True)
     log.info("wrote %s (ONNX opset %d, %.1f MB)", target, converted.opset_import[0].version,

@@ -114,6 +114,7 @@ def save_tiny_models(models_dir: Path) -> None:
     from paddle import nn
     from paddle.nn import functional
     from paddle.static import InputSpec
+    from ppdet.modeling.ops import multiclass_nms
 
     paddle.seed(7)
 
@@ -136,9 +137,9 @@ def save_tiny_models(models_dir: Path) -> None:
             boxes, scores = paddle.vision.ops.yolo_box(
                 self.head(image), size, anchors=[10, 13, 16, 30, 33, 23], class_num=8,
                 conf_thresh=0.0, downsample_ratio=32, clip_bbox=True)
-            out, count, _ = paddle.vision.ops.matrix_nms(
-                boxes, scores.transpose([0, 2, 1]), score_threshold=0.01, post_threshold=0.01,
-                nms_top_k=100, keep_top_k=20, return_rois_num=True, return_index=True)
+            out, count, _ = multiclass_nms(  # YOLOv3's NMS op (multiclass_nms3)
+                boxes, scores.transpose([0, 2, 1]), score_threshold=0.01, nms_top_k=100,
+                keep_top_k=20, nms_threshold=0.45)
             return out, count
 
     specs = {"peach": [InputSpec([None, 3, 224, 224], "float32", "x")],
