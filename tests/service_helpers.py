@@ -21,6 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+# The runtime settings of each engine and precision, as `--runtime` pairs: the served parity
+# tests run once per entry.
+ENGINE_RUNTIMES = {
+    "paddle": {"engine": "paddle", "precision": "fp32"},
+    "onnxruntime": {"engine": "onnxruntime", "precision": "fp32"},
+    "onnxruntime-int8": {"engine": "onnxruntime", "precision": "int8"},
+    "openvino": {"engine": "openvino", "precision": "fp32"},
+    "openvino-int8": {"engine": "openvino", "precision": "int8"},
+}
+
+
+def runtime_flags(runtime: dict[str, str]) -> list[str]:
+    return [f"--runtime={key}={value}" for key, value in runtime.items()]
+
+
 @dataclass
 class Services:
     """`python -m serving` with its own models and build folders and free ports."""
@@ -69,10 +84,10 @@ class Services:
                        if port_listening(port)]
 
 
-def in_process_results(models_dir: Path, build_dir: Path, name: str,
-                       images: list[bytes]) -> dict[str, list]:
+def in_process_results(models_dir: Path, build_dir: Path, name: str, images: list[bytes],
+                       runtime: dict[str, str] | None = None) -> dict[str, list]:
     """What the service should answer for `images` (one request), computed in this process by
-    the model contract with the service's runtime settings."""
+    the model contract with the service's runtime settings (model.yml, then `runtime`)."""
     from model import settings
     from model.model import Model
     from model.spec import ModelSpec
@@ -80,7 +95,7 @@ def in_process_results(models_dir: Path, build_dir: Path, name: str,
 
     spec = ModelSpec.load(models_dir / name)
     serving_server = build_dir / "serving" / name / "serving_server"
-    model = Model(spec, serving_server, settings.resolve(spec.runtime)).load()
+    model = Model(spec, serving_server, settings.resolve(spec.runtime, runtime or {})).load()
     return {key: json.loads(value) for key, value in model(request_items(images)).items()}
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from service_helpers import ROOT, Services, in_process_results, run_client
+from service_helpers import (
+    ENGINE_RUNTIMES,
+    ROOT,
+    Services,
+    in_process_results,
+    run_client,
+    runtime_flags,
+)
 
 from serving.control.manager import free_ports
 from serving.protocol import http_url, post_http
@@ -92,27 +99,53 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Services:
         assert not running.leftovers(pgids), "processes or ports left after stop"
 
 
-def _in_process(services: Services, name: str, folder: Path) -> dict[str, list[dict]]:
+# Served like in process on every engine; OpenVINO's INT8 is the tiny models' (test_service_tiny)
+SERVED_ENGINES = ("paddle", "onnxruntime", "onnxruntime-int8", "openvino")
+
+
+@pytest.fixture(scope="module")
+def engines_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build folder for every engine: each start adds the model files it needs."""
+    return tmp_path_factory.mktemp("engines_build")
+
+
+@pytest.fixture(scope="module", params=SERVED_ENGINES)
+def engine_services(request: pytest.FixtureRequest, engines_build: Path
+                    ) -> tuple[Services, dict[str, str]]:
+    """Both shipped models served on one engine and precision, and those settings."""
+    _require_shipped_models()
+    runtime = ENGINE_RUNTIMES[request.param]
+    ports = free_ports(4)
+    running = Services(ROOT / "models", engines_build,
+                       {"peach": (ports[0], ports[1]), "traffic_light": (ports[2], ports[3])})
+    with running.started("--timeout", "600", *runtime_flags(runtime)):
+        yield running, runtime
+
+
+def _in_process(services: Services, name: str, folder: Path, runtime: dict[str, str]
+                ) -> dict[str, list[dict]]:
     """The same images, batched as the client batches them, predicted in this process."""
     images = sorted(folder.iterdir())
     expected = {}
     for start in range(0, len(images), CLIENT_BATCH):
         group = images[start:start + CLIENT_BATCH]
         results = in_process_results(services.models_dir, services.build_dir, name,
-                                     [image.read_bytes() for image in group])
+                                     [image.read_bytes() for image in group], runtime)
         expected.update(zip((image.name for image in group), results.values(), strict=True))
     return expected
 
 
 @pytest.mark.parametrize("transport", ["http", "rpc"])
 @pytest.mark.parametrize("name", ["peach", "traffic_light"])
-def test_shipped_models_answer_as_in_process(services: Services, tmp_path: Path, name: str,
-                                             transport: str) -> None:
+def test_shipped_models_answer_as_in_process(
+        engine_services: tuple[Services, dict[str, str]], tmp_path: Path, name: str,
+        transport: str) -> None:
+    services, runtime = engine_services
     make_images = _peach_images if name == "peach" else _traffic_light_images
     make_images(tmp_path)
     port = services.ports[name][0 if transport == "http" else 1]
     served = _predict(transport, name, port, tmp_path)
-    expected = _in_process(services, name, tmp_path)
+    expected = _in_process(services, name, tmp_path, runtime)
     assert sorted(served) == sorted(expected) and len(served) == IMAGES_PER_MODEL
     if name == "peach":
         assert all(served[image] for image in served), "every image gets its top-k"

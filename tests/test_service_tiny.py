@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import yaml
 from service_helpers import (
+    ENGINE_RUNTIMES,
     Services,
     in_process_results,
     run_client,
+    runtime_flags,
     save_tiny_models,
 )
 
@@ -67,6 +69,24 @@ def services(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Ser
         yield running
 
 
+@pytest.fixture(scope="module")
+def engines_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build folder for every engine: each start adds the model files it needs."""
+    return tmp_path_factory.mktemp("engines_build")
+
+
+@pytest.fixture(scope="module", params=list(ENGINE_RUNTIMES))
+def engine_services(request: pytest.FixtureRequest, tiny_models: Path, engines_build: Path
+                    ) -> tuple[Services, dict[str, str]]:
+    """Both services on one engine and precision (ENGINE_RUNTIMES), and those settings."""
+    runtime = ENGINE_RUNTIMES[request.param]
+    ports = free_ports(4)
+    running = Services(tiny_models, engines_build,
+                       {"peach": (ports[0], ports[1]), "traffic_light": (ports[2], ports[3])})
+    with running.started("--timeout", "300", *runtime_flags(runtime)):
+        yield running, runtime
+
+
 def _http(services: Services, name: str, images: list[bytes]) -> dict:
     url = http_url("127.0.0.1", services.ports[name][0], name)
     return post_http(url, request_items(images), timeout=60)
@@ -102,12 +122,14 @@ def test_start_wrote_config_logs_and_records(services: Services) -> None:
     assert status.returncode == 0 and status.stdout.count(", ready") == 2, status.stdout
 
 
-def test_http_rpc_and_in_process_agree(services: Services, images: list[Path]) -> None:
+def test_http_rpc_and_in_process_agree(engine_services: tuple[Services, dict[str, str]],
+                                       images: list[Path]) -> None:
+    services, runtime = engine_services
     data = [image.read_bytes() for image in images]
     for name in MODELS:
         http = _results(_http(services, name, data))
         rpc = _results(_rpc(services, name, data))
-        local = in_process_results(services.models_dir, services.build_dir, name, data)
+        local = in_process_results(services.models_dir, services.build_dir, name, data, runtime)
         assert list(local) == ["image_0", "image_1", "image_2"]
         _assert_same_results(http, local)
         _assert_same_results(rpc, local)
@@ -149,17 +171,18 @@ def _closed_loop_clients(port: int, name: str, requests: list[list[bytes]], roun
 
 
 def test_requests_batched_together_each_get_their_own_answer(
-        services: Services, images: list[Path]) -> None:
+        engine_services: tuple[Services, dict[str, str]], images: list[Path]) -> None:
     """Four keep-alive clients in a closed loop (two per worker): the Op merges their requests
     into shared predictor calls, and each answer still equals the in-process one for that
     request alone, whatever the number of images per request."""
+    services, runtime = engine_services
     data = [image.read_bytes() for image in images]
     requests = [[data[0]], [data[1], data[2]], [data[2]], [data[0], data[1], data[2]]]
     rounds = 8
     for name in MODELS:
         port = services.ports[name][0]
-        expected = [in_process_results(services.models_dir, services.build_dir, name, request)
-                    for request in requests]
+        expected = [in_process_results(services.models_dir, services.build_dir, name, request,
+                                       runtime) for request in requests]
         before = stages.scrape(port)
         answers = _closed_loop_clients(port, name, requests, rounds)
         for replies, local in zip(answers, expected, strict=True):
@@ -283,7 +306,9 @@ def test_failed_start_reports_the_log_and_leaves_nothing(
     (serving_server / "inference.pdiparams").write_bytes(b"\0" * 64)  # corrupted after export
     if manifest == "rewritten":
         write_checksums(serving_server)
-    done = broken.cli("start", "peach", "--timeout", "120")
+    # Paddle Inference: the engine that loads inference.pdiparams
+    done = broken.cli("start", "peach", "--timeout", "120",
+                      *runtime_flags(ENGINE_RUNTIMES["paddle"]))
     if done.returncode == 0:  # started after all: stop it before failing, leave nothing behind
         broken.cli("stop")
     assert done.returncode != 0
