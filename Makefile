@@ -41,8 +41,9 @@ status:  ## show what is running, with endpoints
 soak: install  ## 20,000 requests at concurrency 32 against the running services (make serve first)
 	$(PY) -m bench.soak --requests 20000 --concurrency 32
 
-bench: models  ## in-process limit vs served HTTP/RPC vs upstream reference: table, JSON, PNG in build/bench/
+bench: models  ## serving vs in-process vs upstream reference (build/bench/), then every engine side by side (build/bench-engines/)
 	$(PY) -m bench
+	$(PY) -m bench.engines
 
 test: install  ## lint + the whole test suite (what CI runs)
 	$(PY) -m ruff check .

@@ -17,6 +17,7 @@ import pytest
 from service_helpers import QUIET_ENV, ROOT, save_tiny_models
 
 from bench.__main__ import cpu_field, vector_extensions, widest_extension
+from bench.engines import VARIANTS, paired, rotations
 from bench.inprocess import Strategy, Workers
 from bench.loadgen import parse_http_response
 from bench.stages import parse
@@ -65,6 +66,23 @@ def test_machine_record_names_the_widest_vector_extension_of_the_host() -> None:
     assert widest_extension([]) == "no AVX"
 
 
+def test_paired_rounds_rotate_the_order_and_take_ratios_per_round() -> None:
+    assert rotations(["a", "b", "c"], 4) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                             ["a", "b", "c"]]
+    calls: list[str] = []
+    speeds = {"ref": iter([10.0, 20.0, 10.0]), "fast": iter([30.0, 40.0, 20.0])}
+
+    def measure(name: str) -> float:
+        calls.append(name)
+        return next(speeds[name])
+
+    result = paired(measure, ["ref", "fast"], rounds=3, higher_is_faster=True)
+    assert calls == ["ref", "fast", "fast", "ref", "ref", "fast"]
+    assert result["fast"]["speedup"] == {"median": 2.0, "min": 2.0, "max": 3.0}
+    assert result["ref"]["speedup"]["median"] == 1.0
+    assert result["fast"]["figure"]["median"] == 30.0
+
+
 def test_inprocess_strategy_names() -> None:
     assert Strategy.parse("2x1") == Strategy(2, 1, 1)
     assert Strategy.parse("1x2b4").label == "1x2b4"
@@ -99,6 +117,29 @@ def test_bench_smoke_writes_table_json_and_plot(tmp_path: Path) -> None:
         assert model["paired"]["median_ratio"] == paired_round["ratio"], name
         assert model["paired"]["median_p50_overhead_ms"] == paired_round["p50_overhead_ms"]
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.service
+def test_engines_bench_smoke_measures_every_engine_and_precision(tmp_path: Path) -> None:
+    missing = [name for name in MODELS
+               if not any((ROOT / "models" / name / "inference").glob("*.pdiparams"))]
+    if missing:
+        pytest.skip(f"no shipped inference model for {missing} (`make train` produces them)")
+    done = subprocess.run([sys.executable, "-m", "bench.engines", "--smoke", "--out",
+                           str(tmp_path)], cwd=ROOT, env=QUIET_ENV, capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "engines.json").read_text())
+    assert sorted(results["models"]) == sorted(MODELS)
+    expected = [variant.partition(":")[0] for variant in VARIANTS]
+    for name, model in results["models"].items():
+        assert list(model["variants"]) == expected, name
+        for variant, row in model["variants"].items():
+            for figure in ("ms_per_image", "limit_img_s", "served_req_s"):
+                assert row[figure]["figure"]["median"] > 0, (name, variant, figure)
+            assert row["file_mb"] > 0 and set(row["accuracy"]) == {"val", "fresh"}
+        assert model["variants"]["paddle"]["served_req_s"]["speedup"]["median"] == 1.0
+    assert "| peach | onnxruntime | int8 |" in (tmp_path / "engines.md").read_text()
 
 
 @pytest.mark.service
