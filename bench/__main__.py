@@ -25,7 +25,7 @@ from typing import Any
 from bench import inprocess, loadgen, procstats, report, services, stages
 from bench.payloads import Payloads, encode_payloads
 from serving.control.layout import ROOT, Layout
-from serving.control.prepare import ensure_serving_folder
+from serving.control.prepare import ensure_serving_folder_for
 from serving.service_metrics import PUBLISH_EVERY_S
 
 log = logging.getLogger("bench")
@@ -291,8 +291,7 @@ def rpc_reply_ok(reply: bytes) -> tuple[bool, str]:
 def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str, Any]:
     spec = layout.spec(name)
     variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
-    for runtime in variants.values():  # every model file the variants need, before any starts
-        ensure_serving_folder(layout, spec, runtime)
+    ensure_serving_folder_for(layout, spec, list(variants.values()))  # before any service starts
     jpegs = spec.sample_images(args.images)
     payloads = encode_payloads(jpegs)
     model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},

@@ -32,7 +32,7 @@ from model import settings
 from model.engine import ONNX_FILES, program_files
 from model.model import Model
 from serving.control.layout import ROOT, Layout
-from serving.control.prepare import INPUTS_FILE, ensure_serving_folder
+from serving.control.prepare import INPUTS_FILE, ensure_serving_folder_for
 
 log = logging.getLogger("bench.engines")
 
@@ -140,8 +140,7 @@ def variant_layouts(layout: Layout, name: str, variants: Mapping[str, dict[str, 
 def bench_model(args: argparse.Namespace, layout: Layout, name: str,
                 variants: dict[str, dict[str, str]]) -> dict[str, Any]:
     spec = layout.spec(name)
-    for runtime in variants.values():
-        ensure_serving_folder(layout, spec, runtime)
+    ensure_serving_folder_for(layout, spec, list(variants.values()))
     folder = layout.serving_server(name)
     jpegs = spec.sample_images(args.images)
     names = list(variants)

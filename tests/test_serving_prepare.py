@@ -58,3 +58,22 @@ def test_prepare_command_reports_what_it_did(layout: Layout) -> None:
     assert "[peach] building the serving folder (missing)" in first.stdout
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and "[peach] serving folder up to date" in second.stdout
+
+
+def test_the_onnx_models_are_exported_when_the_engine_asks_for_them(layout: Layout) -> None:
+    spec = layout.spec("peach")
+    server = layout.serving_server("peach")
+    paddle = {"engine": "paddle", "precision": "fp32"}
+    assert ensure_serving_folder(layout, spec, paddle) is True
+    assert not (server / "inference.onnx").exists()
+    assert ensure_serving_folder(layout, spec, {"engine": "openvino", "precision": "fp32"})
+    assert (server / "inference.onnx").is_file() and not (server / "inference_int8.onnx").exists()
+    assert ensure_serving_folder(layout, spec, paddle) is False  # has more than paddle needs
+    assert ensure_serving_folder(layout, spec, {"engine": "onnxruntime", "precision": "int8"})
+    assert (server / "inference_int8.onnx").is_file()
+    assert ensure_serving_folder(layout, spec, {"engine": "onnxruntime", "precision": "fp32"}) \
+        is False
+    patch = layout.patches_dir / "peach.yml"
+    patch.write_text(patch.read_text() + "\n# edited\n")  # a rebuild keeps what it had
+    assert ensure_serving_folder(layout, spec, paddle) is True
+    assert (server / "inference_int8.onnx").is_file()

@@ -10,7 +10,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from model import settings
@@ -68,7 +68,7 @@ def ensure_serving_folder(layout: Layout, spec: ModelSpec,
     needed = onnx_level(spec, runtime or {})
     if digest == wanted and levels.index(had) >= levels.index(needed):
         return False
-    level = max(needed, had, key=levels.index) if digest == wanted else needed
+    level = max(needed, had, key=levels.index)
     for stale in ("serving_server", "serving_client"):
         shutil.rmtree(serving_dir / stale, ignore_errors=True)
     command = [sys.executable, "-m", "export", str(spec.inference_dir),
@@ -85,3 +85,13 @@ def ensure_serving_folder(layout: Layout, spec: ModelSpec,
                            f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
     record.write_text(f"{wanted} {level}".strip() + "\n")
     return True
+
+
+def ensure_serving_folder_for(layout: Layout, spec: ModelSpec,
+                              runtimes: Sequence[Mapping[str, str]]) -> None:
+    """One serving folder with every model file any of `runtimes` needs: built once, for the
+    neediest first (a rebuild keeps what the folder had)."""
+    levels = list(ONNX_LEVELS)
+    for runtime in sorted(runtimes, key=lambda r: levels.index(onnx_level(spec, r)),
+                          reverse=True):
+        ensure_serving_folder(layout, spec, runtime)
