@@ -45,7 +45,8 @@ class Settings:
                            "ir_optim, use_mkldnn and mem_optim concern paddle only",
                            choices=ENGINES)
     precision: str = _setting("fp32", "int8: the post-training quantised ONNX model the export "
-                              "writes (onnxruntime or openvino); accuracy and speed of each: "
+                              "writes (onnxruntime or openvino; OpenVINO runs the detector's "
+                              "INT8 model far less accurately); accuracy and speed of each: "
                               "docs/benchmarks.md", choices=PRECISIONS)
     thread_num: int = _setting(1, "math threads per predictor; a service runs one worker per "
                                "core, and a second thread spins while the worker does Python "
