@@ -219,8 +219,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         sets = model["sets"]
         for row in model["variants"].values():
             acc = row["accuracy"]
+            others = [f"{k}={v}" for k, v in row["runtime"].items()
+                      if k not in ("engine", "precision")]
+            engine = ", ".join([row["engine"], *others])
             lines.append(
-                f"| {name} | {row['engine']} | {row['precision']} | {row['file_mb']:.2f} | "
+                f"| {name} | {engine} | {row['precision']} | {row['file_mb']:.2f} | "
                 f"{_cell(row['ms_per_image'], 1)} | {_cell(row['limit_img_s'], 1)} | "
                 f"{_cell(row['served_req_s'], 1)} | {model['metric']} {acc['val']:.4f} / "
                 f"{acc['fresh']:.4f} ({sets['val']} / {sets['fresh']} images) |")

@@ -78,5 +78,8 @@ def test_a_description_with_a_bad_runtime_section_is_refused(tmp_path: Path) -> 
 
 def test_the_shipped_descriptions_state_their_runtime_choices() -> None:
     lights = ModelSpec.load(ROOT / "models" / "traffic_light")
-    assert lights.runtime == {"use_mkldnn": True}  # a legacy program: oneDNN works
+    assert lights.runtime == {"engine": "onnxruntime", "precision": "fp32",
+                              "use_mkldnn": True}  # a legacy program: oneDNN works on paddle
     assert settings.resolve(lights.runtime).use_mkldnn
+    peach = ModelSpec.load(ROOT / "models" / "peach")
+    assert peach.runtime == {"engine": "onnxruntime", "precision": "int8"}  # docs/benchmarks.md
