@@ -41,7 +41,8 @@ class ClassifierParity:
 
 @dataclass
 class DetectorParity:
-    min_score: float = 0.0  # compare only rows scoring at least this (0: the whole NMS output)
+    """Over the whole NMS output of each image (every row the program returns)."""
+
     images: int = 0
     boxes: int = 0
     unmatched: int = 0  # rows of either side without a partner
@@ -58,7 +59,7 @@ class DetectorParity:
 
     def add(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> None:
         for want, got in zip(per_image(reference), per_image(candidate), strict=True):
-            self._add_image(want[want[:, 1] >= self.min_score], got[got[:, 1] >= self.min_score])
+            self._add_image(want, got)
 
     def _add_image(self, want: np.ndarray, got: np.ndarray) -> None:
         index = self.images
@@ -111,9 +112,9 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def check_parity(reference: Engine, candidate: Engine, feeds: Iterable[Mapping[str, np.ndarray]],
-                 task: str, min_score: float = 0.0) -> ClassifierParity | DetectorParity:
+                 task: str) -> ClassifierParity | DetectorParity:
     """Runs both engines on every feed and accumulates the comparison."""
-    report = ClassifierParity() if task == "classification" else DetectorParity(min_score)
+    report = ClassifierParity() if task == "classification" else DetectorParity()
     for feed in feeds:
         report.add(reference.run(feed), candidate.run(feed))
     return report
