@@ -22,7 +22,7 @@ examples:
   python -m export output/best_model.pdparams --config my_yolov3.yml \\
       --patch prototxt_patches/traffic_light.yml --out build/serving/traffic_light
   python -m export old_tutorial_export/ --patch prototxt_patches/traffic_light.yml   # in place
-  python -m export models/peach/inference --patch prototxt_patches/peach.yml \
+  python -m export models/peach/inference --patch prototxt_patches/peach.yml \\
       --model models/peach --out build/serving/peach --int8   # + the ONNX models
 
 Writes OUT/serving_server/ (model files, serving_server_conf.prototxt + .stream.prototxt,
