@@ -47,7 +47,7 @@ WARMUP_S = 1.0
 SMOKE = {"rounds": 1, "calls": 2, "window": 0.5, "accuracy_scale": 0.02, "images": 4}
 EPILOG = """\
 examples:
-  python -m bench.engines                      # both models, every engine (~25 min)
+  python -m bench.engines                      # both models, every engine (~30 min)
   python -m bench.engines traffic_light --variant paddle:engine=paddle \\
       --variant ort-b1:engine=onnxruntime,batch_size=1   # any --runtime settings
   python -m bench.engines --smoke              # seconds: does it work?
