@@ -31,7 +31,8 @@ def configure_process(settings: Settings) -> None:
     use_image_threads(settings.image_threads)
     if settings.reuse_freed_memory and reuse_freed_memory():
         log.info("heap: freed buffers stay mapped for reuse (runtime reuse_freed_memory)")
-    if not settings.free_intermediate_tensors:
+    # Paddle's own setting: other engines never import paddle (about 280 MB of RSS per worker)
+    if settings.engine == "paddle" and not settings.free_intermediate_tensors:
         keep_intermediate_tensors()
         log.info("paddle: intermediate tensors are kept for the next call "
                  "(runtime free_intermediate_tensors=false)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +106,33 @@ def test_a_folder_without_the_onnx_model_says_how_to_export_it(
                                                               "precision": "int8"}))
     with pytest.raises(FileNotFoundError, match=r"no inference_int8\.onnx.*--onnx --int8"):
         model.load()
+
+
+# A worker's start, as a service worker does it (process settings, then the model), then one
+# request; prints whether paddle was imported.
+WORKER_START = """
+import base64, sys
+from pathlib import Path
+from model import settings
+from model.model import Model
+from model.process import configure_process
+from model.spec import ModelSpec
+spec = ModelSpec.load(Path(sys.argv[1]))
+resolved = settings.resolve(spec.runtime, {"engine": sys.argv[3], "precision": "fp32"})
+configure_process(resolved)
+model = Model(spec, Path(sys.argv[2]), resolved).load()
+model({"image": base64.b64encode(spec.sample_images(1)[0]).decode()})
+print("paddle imported:", "paddle" in sys.modules)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", ["paddle", "onnxruntime", "openvino"])
+def test_only_the_paddle_engine_imports_paddle_into_a_worker(
+        tiny: tuple[Path, dict[str, Path]], engine: str) -> None:
+    models, folders = tiny
+    done = subprocess.run([sys.executable, "-c", WORKER_START, str(models / "peach"),
+                           str(folders["peach"]), engine], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"paddle imported: {engine == 'paddle'}" in done.stdout
