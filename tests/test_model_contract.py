@@ -148,7 +148,7 @@ def test_classifier_model_batches_images_and_rejects_bad_ones(model_copy) -> Non
         model.preprocess({"image_0": b64(b"GIF89a but not really")})
     with pytest.raises(RequestError, match="empty value"):
         model.preprocess({"image": ""})
-    with pytest.raises(RuntimeError, match=r"predict\(\) before load\(\)"):
+    with pytest.raises(RuntimeError, match=r"engine is used before load\(\)"):
         model.predict(prepared.samples)
 
 
