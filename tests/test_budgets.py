@@ -40,7 +40,7 @@ def test_a_request_over_the_pixel_budget_is_refused_naming_both_figures() -> Non
 def test_eight_bombs_in_one_request_cost_no_memory() -> None:
     """The issue's reproduction: eight blank 5000 x 5000 1-bit PNGs (33 KB of body), through the
     model's preprocessing with the default settings, in a fresh interpreter (peak RSS)."""
-    code = f"""
+    code = """
 import base64, json, resource, sys
 sys.path.insert(0, "tests")
 from payloads import png_bomb
@@ -51,12 +51,12 @@ model = Model(ModelSpec.load("models/peach"), __import__("pathlib").Path("models
 bomb = base64.b64encode(png_bomb(5000, 5000)).decode()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    model.preprocess({{f"image_{{i}}": bomb for i in range(8)}})
+    model.preprocess({f"image_{i}": bomb for i in range(8)})
     outcome = "decoded"
 except RequestError as error:
-    outcome = f"{{error.err_no}}: {{error}}"
+    outcome = f"{error.err_no}: {error}"
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({{"outcome": outcome, "peak_growth_mb": grown / 1024}}))
+print(json.dumps({"outcome": outcome, "peak_growth_mb": grown / 1024}))
 """
     child = run_python(code)
     assert child.returncode == 0, child.stderr
