@@ -92,6 +92,17 @@ class Settings:
     max_inflight: int = _setting(256, "requests in flight per worker process before 503 "
                                  "OVERLOADED", SERVICE)
     max_body_bytes: int = _setting(16 << 20, "bytes of an HTTP body or gRPC message", SERVICE)
+    max_connections: int = _setting(256, "open HTTP connections per worker process, each served "
+                                    "by a thread of a bounded pool; past it, a prediction is "
+                                    "answered 503 OVERLOADED (health and metrics still are)",
+                                    SERVICE)
+    keepalive_timeout_s: int = _setting(30, "an idle HTTP keep-alive connection is closed after "
+                                        "this long, freeing its thread", SERVICE)
+    header_timeout_s: int = _setting(10, "an HTTP request head not complete this long after its "
+                                     "first byte is answered 408 and its connection closed",
+                                     SERVICE)
+    body_timeout_s: int = _setting(30, "an HTTP request body not complete this long after its "
+                                   "head is answered 408 and its connection closed", SERVICE)
 
     def __post_init__(self) -> None:
         if self.is_thread_op and self.concurrency > 1:

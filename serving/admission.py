@@ -49,6 +49,10 @@ class ServiceState:
         self.workers_metrics = (WorkerMetrics(metrics_dir, self.metrics)
                                 if metrics_dir is not None else None)
 
+    def count_failure(self, thread: str) -> None:
+        """A background or connection thread caught a failure (and logged it)."""
+        self.metrics.thread_failures.inc(thread)
+
     def render_metrics(self) -> str:
         others = self.workers_metrics.others() if self.workers_metrics else []
         return self.metrics.registry.render(others)

@@ -45,6 +45,13 @@ class ServiceMetrics:
             "serving_batch_images", "Images in the predictor call that served each successful "
             "request (auto-batching merges requests arriving together).", ("service",),
             buckets=BATCH_BUCKETS))
+        self.refused_connections: Counter = add(Counter(  # type: ignore[assignment]
+            "serving_http_refused_total", "HTTP requests or connections refused before a "
+            "prediction, by reason (request_timeout: 408, bad_request: 4xx, max_connections: "
+            "503, no_thread: closed unanswered).", ("reason",)))
+        self.thread_failures: Counter = add(Counter(  # type: ignore[assignment]
+            "serving_thread_failures_total", "Failures caught in the service's background and "
+            "connection threads (each also logged), by thread.", ("thread",)))
         add(CallbackCounter("serving_requests_accepted_total", "Prediction requests admitted "
                             "to the pipeline (not refused as draining, unready or overloaded).",
                             accepted))
