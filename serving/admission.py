@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
@@ -27,12 +28,38 @@ PROBE_POLL_S = 0.2  # while a probe waits, how often it checks that the pipeline
 ACTIVE_CLIENT_S = 1.0  # a connection that sent a request this recently counts as a client
 
 
+class InflightLimit:
+    """The requests in flight of one service, counted across its worker processes in shared
+    memory: made before the workers fork, so `max_inflight` holds per service whichever worker
+    a connection reaches."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._count = multiprocessing.RawValue("i", 0)
+        self._lock = multiprocessing.Lock()
+
+    def try_acquire(self) -> int | None:
+        """None when a slot was taken, else how many requests are in flight."""
+        with self._lock:
+            if self._count.value >= self.limit:
+                return self._count.value
+            self._count.value += 1
+            return None
+
+    def release(self) -> None:
+        with self._lock:
+            self._count.value -= 1
+
+
 class ServiceState:
-    def __init__(self, service: str, settings: Settings, metrics_dir: Path | None = None):
+    def __init__(self, service: str, settings: Settings, metrics_dir: Path | None = None,
+                 inflight_limit: InflightLimit | None = None):
         """metrics_dir: the folder the worker processes of one service share their metrics in
-        (serving.workers), None for a single process."""
+        (serving.workers), None for a single process. inflight_limit: the service's, shared by
+        its workers (a process of its own without one)."""
         self.service = service
         self.settings = settings
+        self.inflight_limit = inflight_limit or InflightLimit(settings.max_inflight)
         self.pipeline: Pipeline | None = None  # once built (attach)
         self._lock = threading.Condition()
         self.inflight = 0
@@ -174,9 +201,10 @@ class ServiceState:
             reason = self.ready_reason()  # cheap; a dead op process would never answer
             if reason is not None:
                 return error_response("NOT_READY", f"not ready: {reason}")
-            if self.inflight >= self.settings.max_inflight:
-                return error_response("OVERLOADED", f"{self.inflight} requests in flight "
-                                      f"(limit {self.settings.max_inflight}); retry later")
+            busy = self.inflight_limit.try_acquire()
+            if busy is not None:
+                return error_response("OVERLOADED", f"{busy} requests in flight in the service "
+                                      f"(limit {self.inflight_limit.limit}); retry later")
             self.inflight += 1
             self.accepted += 1
         try:
@@ -185,6 +213,7 @@ class ServiceState:
             log.exception("%s: prediction failed", self.service)
             return error_response("INTERNAL", f"{type(error).__name__}: {error}")
         finally:
+            self.inflight_limit.release()
             with self._lock:
                 self.inflight -= 1
                 self.answered += 1
