@@ -22,8 +22,9 @@ from serving.protocol import probe_image
 from serving.service_metrics import ServiceMetrics, WorkerMetrics
 
 log = logging.getLogger(__name__)
-PROBE_EVERY_S = 10.0  # re-check that the model answers when no request succeeded for this long
-PROBE_TIMEOUT_S = 30.0
+FRESH_S = 10.0  # a prediction that succeeded this recently shows the model answers
+PROBE_TIMEOUT_S = 30.0  # longer without a probe's answer: the model is stuck
+PROBE_WAIT_S = 1.0  # a readiness check waits this long for a probe's answer, then says ready
 PROBE_POLL_S = 0.2  # while a probe waits, how often it checks that the pipeline's workers live
 ACTIVE_CLIENT_S = 1.0  # a connection that sent a request this recently counts as a client
 
@@ -70,6 +71,7 @@ class ServiceState:
         self._loaded = False
         self._last_success = 0.0
         self._probe_lock = threading.Lock()
+        self._probe: _Probe | None = None  # the background probe of readiness checks
         self._last_request: dict[Any, float] = {}  # connection -> when it last sent a request
         self.metrics = ServiceMetrics(lambda: self.accepted, lambda: self.inflight,
                                       lambda: float(self.ready_reason() is None))
@@ -101,39 +103,56 @@ class ServiceState:
         return None
 
     def check_ready(self) -> str | None:
-        """ready_reason, plus a real prediction when none succeeded for PROBE_EVERY_S, plus
-        the other worker processes' readiness (as they last published it)."""
+        """ready_reason; when no prediction succeeded for FRESH_S, the verdict of a probe (a
+        real prediction of a synthetic image, run in the background: see probe_verdict); then
+        the other worker processes' readiness (as they last published it). Answers within
+        PROBE_WAIT_S plus the cheap checks, whatever the load: a busy service is never unready
+        for being busy."""
         reason = self.ready_reason()
-        if reason is None and time.monotonic() - self._last_success > PROBE_EVERY_S:
-            reason = self.probe()
+        if reason is None and time.monotonic() - self._last_success > FRESH_S:
+            reason = self.probe_verdict()
         if reason is None and self.workers_metrics is not None:
             unready = self.workers_metrics.unready_others()
             reason = f"{unready} other worker process(es) not ready" if unready else None
         return reason
 
+    def probe_verdict(self) -> str | None:
+        """Starts a probe unless one is running, and waits for it at most PROBE_WAIT_S. A probe
+        still queued behind the requests in flight counts as ready until PROBE_TIMEOUT_S: the
+        model is busy, not broken."""
+        with self._probe_lock:
+            if self._probe is None:
+                self._probe = _Probe(self)
+            probe = self._probe
+        if probe.done.wait(PROBE_WAIT_S):
+            with self._probe_lock:
+                if self._probe is probe:
+                    self._probe = None  # the next stale check starts a fresh one
+            return probe.reason
+        waited = time.monotonic() - probe.started
+        if waited > PROBE_TIMEOUT_S:
+            return f"the model did not answer a probe within {PROBE_TIMEOUT_S:.0f} s"
+        return None
+
     def probe(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-        """One prediction of a synthetic image straight through the pipeline (not counted)."""
+        """One prediction of a synthetic image straight through the pipeline (not counted),
+        waited for: None when it succeeded, else why not (start-up uses it)."""
         if self.pipeline is None:
             return self.ready_reason()
-        if not self._probe_lock.acquire(blocking=False):  # one probe at a time; others
-            return self.ready_reason()  # answer from the state it will update
+        request = Request(key=["image"], value=[base64.b64encode(probe_image()).decode()],
+                          name=self.service)
+        pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
         try:
-            request = Request(key=["image"], value=[base64.b64encode(probe_image()).decode()],
-                              name=self.service)
-            pool = futures.ThreadPoolExecutor(1, thread_name_prefix="probe")
-            try:
-                reply = self._await(pool.submit(self.pipeline.infer, request), timeout)
-            finally:
-                pool.shutdown(wait=False)
-            if isinstance(reply, str):
-                return reply
-            if reply.err_no != errors.OK:
-                return f"probe failed: err_no {reply.err_no}: {reply.err_msg}"
-            self._loaded = True
-            self._last_success = time.monotonic()
-            return None
+            reply = self._await(pool.submit(self.pipeline.infer, request), timeout)
         finally:
-            self._probe_lock.release()
+            pool.shutdown(wait=False)
+        if isinstance(reply, str):
+            return reply
+        if reply.err_no != errors.OK:
+            return f"probe failed: err_no {reply.err_no}: {reply.err_msg}"
+        self._loaded = True
+        self._last_success = time.monotonic()
+        return None
 
     def _await(self, answer: futures.Future, timeout: float) -> Response | str:
         """The probe's answer, or why there is none: the deadline passed, or a pipeline worker
@@ -258,3 +277,25 @@ class ServiceState:
                 self._lock.wait(deadline - time.monotonic())
             self.closed = True
             return self.inflight == 0
+
+
+class _Probe:
+    """One background probe: a thread waiting for the model's answer to a synthetic image."""
+
+    def __init__(self, state: ServiceState):
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.reason: str | None = None
+        self._state = state
+        threading.Thread(target=self._run, name="probe", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.reason = self._state.probe(timeout=float("inf"))
+        except Exception as error:  # a failing probe must say why, not leave readiness hanging
+            self._state.count_failure("probe")
+            log.exception("%s: readiness probe failed", self._state.service)
+            self.reason = f"probe failed: {type(error).__name__}: {error}"
+        if self.reason is not None:
+            log.warning("%s: readiness probe: %s", self._state.service, self.reason)
+        self.done.set()

@@ -79,7 +79,11 @@ class WorkerMetrics:
 
     def _publish_forever(self) -> None:
         while True:
-            self.publish()
+            try:
+                self.publish()
+            except Exception:  # e.g. the shared folder went away: keep trying, say so
+                self._metrics.thread_failures.inc("metrics")
+                log.exception("publishing this worker's metrics failed")
             time.sleep(PUBLISH_EVERY_S)
 
     def others(self) -> list[dict[str, list]]:

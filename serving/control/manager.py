@@ -30,7 +30,9 @@ from serving.protocol import get_json, health_url, http_url, post_http, probe_im
 
 LOG_TAIL_LINES = 40
 READY_POLL_S = 0.5
-HEALTH_TIMEOUT_S = 2.0
+# A readiness check answers within about a second whatever the load (serving/admission.py
+# PROBE_WAIT_S); more than this means the service's HTTP front itself does not answer.
+HEALTH_TIMEOUT_S = 5.0
 STOP_GRACE_S = Settings().drain_timeout_s + 5.0  # the service's drain, plus exit time
 
 
