@@ -66,6 +66,7 @@ class ServiceState:
         self.inflight = 0
         self.accepted = self.answered = 0
         self.responders = 0  # HTTP requests between reading and fully writing their response
+        self.http_connections = 0  # open, in this worker (serving.http_front)
         self.draining = False
         self.closed = False  # drained: no further HTTP response may start
         self._loaded = False
@@ -74,7 +75,8 @@ class ServiceState:
         self._probe: _Probe | None = None  # the background probe of readiness checks
         self._last_request: dict[Any, float] = {}  # connection -> when it last sent a request
         self.metrics = ServiceMetrics(lambda: self.accepted, lambda: self.inflight,
-                                      lambda: float(self.ready_reason() is None))
+                                      lambda: float(self.ready_reason() is None),
+                                      lambda: self.http_connections)
         self.workers_metrics = (WorkerMetrics(metrics_dir, self.metrics)
                                 if metrics_dir is not None else None)
 

@@ -185,6 +185,7 @@ class HttpServer:
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one write per answer
         with self._lock:
+            self.state.http_connections += 1
             if self.open_connections < self.settings.max_connections:
                 self.open_connections += 1
                 overflow = False
@@ -192,6 +193,7 @@ class HttpServer:
                 self.overflow_connections += 1
                 overflow = True
             else:
+                self.state.http_connections -= 1
                 self.state.metrics.refused_connections.inc("no_thread")
                 sock.close()
                 return
@@ -225,6 +227,7 @@ class HttpServer:
             with contextlib.suppress(OSError):
                 sock.close()
             with self._lock:
+                self.state.http_connections -= 1
                 if overflow:
                     self.overflow_connections -= 1
                 else:

@@ -28,7 +28,7 @@ PUBLISH_EVERY_S = 1.0  # worker processes share their metrics this often
 
 class ServiceMetrics:
     def __init__(self, accepted: Callable[[], float], inflight: Callable[[], float],
-                 ready: Callable[[], float]):
+                 ready: Callable[[], float], connections: Callable[[], float]):
         self.registry = Registry()
         add = self.registry.add
         self.requests: Counter = add(Counter(  # type: ignore[assignment]
@@ -57,6 +57,8 @@ class ServiceMetrics:
                             accepted))
         add(Gauge("serving_inflight_requests", "Prediction requests being processed.",
                   inflight))
+        add(Gauge("serving_http_connections", "Open HTTP connections (past max_connections "
+                  "included).", connections))
         add(Gauge("serving_ready", "1 when the model is loaded and answers, else 0.", ready,
                   combine=min))
         add(Gauge("process_resident_memory_bytes", "Resident memory of the service process.",
