@@ -10,7 +10,7 @@ has to import this package first. PADDLE_VISION_SERVING_COMPAT=off leaves them o
 upstream's own behaviour (the tests reproduce each upstream failure so).
 
 The fixes themselves, each with its root cause, live in `compat.serving` (Paddle Serving),
-`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas) and `compat.paddle` (paddle).
+`compat.ppdet` (paddledet) and `compat.paddleclas` (paddleclas).
 `compat.applied` lists what has run, for tests.
 """
 
@@ -26,11 +26,11 @@ applied = hooks.applied
 
 def activate() -> None:
     """Install every fix, once per process."""
-    from compat import paddle, paddleclas, ppdet, serving
+    from compat import paddleclas, ppdet, serving
 
     if hooks.installed():
         return
-    for fixes in (paddle, serving, ppdet, paddleclas):
+    for fixes in (serving, ppdet, paddleclas):
         fixes.install()
     hooks.install()
 

@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -373,6 +374,37 @@ def test_rpc_client_tells_a_refused_message_from_an_unreachable_service(
     assert "err_no=-1: gRPC RESOURCE_EXHAUSTED" in refused.stdout
     unreachable = run_client("rpc", "peach", free_ports(1)[0], str(big), "--timeout", "3")
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+UPSTREAM_RPC_CLIENT = """\
+# As PaddleClas's deploy/paddleserving/pipeline_rpc_client.py: nothing of the project imported.
+import base64
+import sys
+
+from paddle_serving_server.pipeline import PipelineClient
+
+client = PipelineClient()
+client.connect(["127.0.0.1:" + sys.argv[1]])
+with open(sys.argv[2], "rb") as file:
+    image = base64.b64encode(file.read()).decode("utf8")
+ret = client.predict(feed_dict={"image": image}, fetch=["label", "prob"])
+print(ret.err_no, list(ret.key))
+"""
+
+
+def test_an_upstream_style_rpc_client_script_works_unchanged(
+        services: Services, tmp_path: Path) -> None:
+    """Run from a folder of its own, by the venv's interpreter alone: the compatibility fixes
+    come from the venv's start-up hook, not from an import of the project."""
+    script, image = tmp_path / "pipeline_rpc_client.py", tmp_path / "peach.jpg"
+    script.write_text(UPSTREAM_RPC_CLIENT)
+    image.write_bytes(synthetic_jpeg(240, 320, 7))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    ran = subprocess.run([sys.executable, str(script), str(services.ports["peach"][1]),
+                          str(image)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip() == "0 ['image']"  # and no per-call timestamp lines
 
 
 # --- load, binding -------------------------------------------------------------------------------
