@@ -12,16 +12,20 @@ requests, then stops its workers), and SIGKILLs the group only if it lingers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from model.settings import Settings
 from model.spec import ModelSpec
@@ -90,15 +94,51 @@ def group_alive(pgid: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports nobody binds now, reserved for this process (tests and benchmarks start services on
+    them). They lie below the kernel's ephemeral range (ip_local_port_range), which it hands to
+    outgoing connections, so none is taken by a client between this call and the service's bind;
+    and a lock file per port, held until this process exits, keeps another process that calls
+    free_ports from picking the same one."""
+    low = ephemeral_port_range()[0]
+    chosen: list[int] = []
+    for port in random.sample(range(low // 2, low), low - low // 2):
+        if len(chosen) == count:
+            break
+        if _bindable(port) and _reserve(port):
+            chosen.append(port)
+    if len(chosen) < count:
+        raise ServingError(f"fewer than {count} free ports below {low}")
+    return chosen
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_RESERVATIONS = Path(tempfile.gettempdir()) / "paddle-vision-serving-ports"
+_held: list[Any] = []  # this process's reservations: open, locked files
+
+
+def _reserve(port: int) -> bool:
+    _RESERVATIONS.mkdir(exist_ok=True)
+    lock = (_RESERVATIONS / f"{port}.lock").open("a")
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another process holds it
+        lock.close()
+        return False
+    _held.append(lock)
+    return True
 
 
 def port_listening(port: int) -> bool:
