@@ -5,7 +5,7 @@ PY            := $(VENV)/bin/python
 STAMP         := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train models serve stop status soak test test-fast lint bench clean
+.PHONY: help install train models serve stop status soak test test-fast fuzz lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test: install  ## lint + the whole test suite (what CI runs)
 test-fast: install  ## lint + the unit tests only (no training, export or services; under a minute)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow and not service and not integration" -q
+
+fuzz: install  ## long fuzz pass: HTTP parsers and image decoder, 20,000 inputs per target (minutes)
+	$(PY) -m pytest tests/test_fuzz.py -q --hypothesis-profile=fuzz
 
 lint: install  ## ruff
 	$(PY) -m ruff check .
