@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 from paddle_serving_server.pipeline.channel import ChannelData, ChannelDataType, ThreadChannel
-from payloads import png_bomb
 from upstream import run_python
 
+from bench.soak import png_bomb
 from model.errors import RequestError
 from model.request import Limits, check_request
 from serving.pipeline import collect_batches
@@ -41,13 +41,13 @@ def test_eight_bombs_in_one_request_cost_no_memory() -> None:
     """The issue's reproduction: eight blank 5000 x 5000 1-bit PNGs (33 KB of body), through the
     model's preprocessing with the default settings, in a fresh interpreter (peak RSS)."""
     code = """
-import base64, json, resource, sys
-sys.path.insert(0, "tests")
-from payloads import png_bomb
+import base64, json, resource
+from pathlib import Path
+from bench.soak import png_bomb
 from model.errors import RequestError
 from model.model import Model
 from model.spec import ModelSpec
-model = Model(ModelSpec.load("models/peach"), __import__("pathlib").Path("models/peach/inference"))
+model = Model(ModelSpec.load("models/peach"), Path("models/peach/inference"))
 bomb = base64.b64encode(png_bomb(5000, 5000)).decode()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:

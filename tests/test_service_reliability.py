@@ -30,10 +30,18 @@ import grpc
 import numpy as np
 import pytest
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
-from payloads import png_bomb
 from service_helpers import Services, run_client, save_tiny_models
 
-from bench.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
+from bench.soak import (
+    build_cases,
+    hostile_ok,
+    mismatch,
+    png_bomb,
+    rss_bytes,
+    run_hostile,
+    run_load,
+    synthetic_jpeg,
+)
 from serving.control.layout import Layout
 from serving.control.manager import Record, free_ports, running_records
 from serving.protocol import decode_results, get_json, health_url, request_items
@@ -411,11 +419,20 @@ def test_an_upstream_style_rpc_client_script_works_unchanged(
 
 
 def test_short_mixed_load_loses_nothing_and_answers_right(services: Services) -> None:
+    """The soak's mix, shortened: 1,200 requests at concurrency 32, with 20 slow clients and 10
+    decompression bombs among them."""
     records = _records(services)
     cases = build_cases(Layout(services.models_dir, services.build_dir), list(records.values()))
+    hostile: dict = {}
+    hostile_thread = threading.Thread(target=lambda: hostile.update(outcomes=run_hostile(
+        list(records.values()), slow_clients=20, bombs=10, spread_s=5.0)))
+    hostile_thread.start()
     tally = run_load({r.service: r for r in records.values()}, cases, requests=1200,
                      concurrency=32)
+    hostile_thread.join()
     assert (tally.lost, tally.wrong, tally.refused) == (0, 0, 0), tally.examples
+    assert hostile_ok(hostile["outcomes"]), hostile["outcomes"]
+    assert sum(hostile["outcomes"].values()) == 30
     assert tally.ok == 1200
     assert set(tally.by_route) == {f"{n}/{p}" for n in MODELS for p in ("http", "grpc")}
 
