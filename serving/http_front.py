@@ -272,9 +272,11 @@ class HttpServer:
             return
         self.state.metrics.refused_connections.inc("max_connections")
         limit = self.settings.max_connections
-        reply = error_response("OVERLOADED", f"{limit} connections open on this worker process "
-                               f"(the limit is {limit}); retry later")
-        self._send(connection, self._prediction_reply(reply), keep_alive=False)
+        reply = self._prediction_reply(error_response(
+            "OVERLOADED", f"{limit} connections open on this worker process (the limit is "
+            f"{limit}); retry later"), close=True)
+        reply.unread_body = True
+        self._send(connection, reply, keep_alive=False)
 
     def _refuse(self, connection: Connection, status: int, reason: str, message: str) -> bool:
         self.state.metrics.refused_connections.inc(reason)

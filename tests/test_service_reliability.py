@@ -476,6 +476,33 @@ def test_every_listening_socket_is_loopback(services: Services) -> None:
     assert all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:")) for a in addresses), addresses
 
 
+def test_host_binds_both_ports_to_that_interface_and_the_tools_follow(
+        tiny_models: Path, tmp_path: Path) -> None:
+    """--host 127.0.0.2 (a loopback address other than the default): both ports bind there, and
+    start (readiness, the timed prediction), status and stop reach the service there."""
+    running = _start(tiny_models, tmp_path / "build", ("peach",), *ONE_WORKER, "--host",
+                     "127.0.0.2", "--no-supervisor")
+    try:
+        (record,) = _records(running).values()
+        pids = {int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                if _pgid(p) == record.pid}
+        addresses = sorted(_listening_addresses(pids))
+        assert addresses == sorted(f"127.0.0.2:{port}" for port in running.ports["peach"])
+        status = running.cli("status")
+        assert status.returncode == 0 and "http://127.0.0.2:" in status.stdout, status.stdout
+        answer = _http_at("127.0.0.2", running.ports["peach"][0])
+        assert answer["err_no"] == 0
+    finally:
+        _stop(running)
+
+
+def _http_at(host: str, port: int) -> dict:
+    items = request_items([synthetic_jpeg(64, 64, 9)])
+    request = urllib.request.Request(f"http://{host}:{port}/peach/prediction", data=_body(items))
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
 def _pgid(stat: Path) -> int:
     try:
         return int(stat.read_text().rpartition(")")[2].split()[2])

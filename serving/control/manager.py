@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model.settings import Settings
+from model.settings import Settings, parse_pairs, resolve
 from model.spec import ModelSpec
 from serving.control.layout import Layout, Ports
 from serving.protocol import get_json, health_url, http_url, post_http, probe_image, request_items
@@ -54,10 +54,11 @@ class Record:
     log: str
     started_at: float
     runtime: tuple[str, ...] = ()  # the --runtime pairs it was started with (for restarts)
+    host: str = "127.0.0.1"  # where to reach it: the interface it binds (every one: loopback)
 
     @property
     def url(self) -> str:
-        return http_url("127.0.0.1", self.http_port, self.service)
+        return http_url(self.host, self.http_port, self.service)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,10 +142,15 @@ def _reserve(port: int) -> bool:
     return True
 
 
-def port_listening(port: int) -> bool:
+def port_listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
+
+
+def reach_host(bind_host: str) -> str:
+    """The address a client on this machine reaches a service binding `bind_host` at."""
+    return "127.0.0.1" if bind_host in ("", "0.0.0.0") else bind_host
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -164,7 +170,7 @@ def predict_once(record: Record, timeout: float = 10.0) -> tuple[dict, float]:
 def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
     """None when the service is ready (GET /health/ready answers 200), else why not."""
     try:
-        status, body = get_json(health_url("127.0.0.1", record.http_port), timeout)
+        status, body = get_json(health_url(record.host, record.http_port), timeout)
     except OSError as error:
         return f"not answering ({error})"
     return None if status == 200 else f"HTTP {status}: {body.get('reason', body)}"
@@ -175,14 +181,15 @@ def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
 
 def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
            ) -> tuple[Record, subprocess.Popen]:
+    runtime = tuple(runtime)
+    host = reach_host(resolve(spec.runtime, parse_pairs(runtime)).host)
     for port in (ports.http, ports.rpc):
-        if port_listening(port):
+        if port_listening(port, host):
             raise ServingError(f"[{spec.name}] port {port} is already in use; stop what holds "
                                "it (`python -m serving status`) or pick others with --port")
     log = layout.log_file(spec.name)
     log.parent.mkdir(parents=True, exist_ok=True)
     workdir = layout.serving_dir(spec.name)
-    runtime = tuple(runtime)
     command = [sys.executable, "-m", "serving", "run", "--model", spec.name,
                "--models-dir", str(layout.models_dir), "--build-dir", str(layout.build_dir),
                "--port", f"{spec.name}={ports.http}:{ports.rpc}",
@@ -197,7 +204,7 @@ def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
                                    start_new_session=True)
     record = Record(name=spec.name, service=spec.service.name, pid=process.pid,
                     http_port=ports.http, rpc_port=ports.rpc, log=str(log),
-                    started_at=time.time(), runtime=runtime)
+                    started_at=time.time(), runtime=runtime, host=host)
     record.save(layout.pid_file(spec.name))
     return record, process
 
@@ -244,8 +251,8 @@ def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S,
                 how = f"killed (no exit {grace:.0f} s after SIGTERM)"
             _signal_group(record.pid, signal.SIGKILL)
             _wait(lambda: not group_alive(record.pid), grace)
-    ports_free = _wait(lambda: not (port_listening(record.http_port)
-                                    or port_listening(record.rpc_port)), grace)
+    ports_free = _wait(lambda: not (port_listening(record.http_port, record.host)
+                                    or port_listening(record.rpc_port, record.host)), grace)
     layout.pid_file(record.name).unlink(missing_ok=True)
     if group_alive(record.pid) or not ports_free:
         raise ServingError(f"[{record.name}] still alive or ports {record.http_port}/"
@@ -279,7 +286,7 @@ def describe(record: Record) -> str:
     reason = readiness(record, timeout=5.0)
     health = "ready" if reason is None else f"NOT READY: {reason}"
     return "\n".join([f"{record.name}: running, pid {record.pid}, {health}",
-                      f"    http {record.url}", f"    rpc  127.0.0.1:{record.rpc_port}",
-                      f"    health {health_url('127.0.0.1', record.http_port)}, metrics "
-                      f"http://127.0.0.1:{record.http_port}/metrics",
+                      f"    http {record.url}", f"    rpc  {record.host}:{record.rpc_port}",
+                      f"    health {health_url(record.host, record.http_port)}, metrics "
+                      f"http://{record.host}:{record.http_port}/metrics",
                       f"    log  {record.log}"])
