@@ -40,7 +40,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
                                           "Connection.read_head (", "Connection.read_body (")),
     ("HTTP response: JSON + write", ("HttpServer._prediction_reply (", "HttpServer._send (",
                                      "render_response (")),
-    ("metrics + admission", ("ServiceState._record (", "ServiceState._admit_and_call (")),
+    ("metrics + admission", ("ServiceState.record (", "ServiceState._admit (")),
     ("pipeline plumbing: DAG + channels + ops", ("pipeline/dag.py", "pipeline/channel.py",
                                                  "pipeline/operator.py",
                                                  "pipeline/pipeline_server.py")),

@@ -269,10 +269,11 @@ def slow_client(record: Record) -> str:
     return f"{status} closed"
 
 
-def bomb(record: Record, protocol: str, timeout: float = 120.0) -> str:
-    """A request of BOMB_IMAGES decompression bombs: "413 5008" expected over HTTP, "5008" over
+def bomb(record: Record, protocol: str, images: int = BOMB_IMAGES, timeout: float = 120.0
+         ) -> str:
+    """A request of `images` decompression bombs: "413 5008" expected over HTTP, "5008" over
     gRPC."""
-    items = request_items([png_bomb(5000, 5000)] * BOMB_IMAGES)
+    items = request_items([png_bomb(5000, 5000)] * images)
     if protocol == "grpc":
         with grpc.insecure_channel(f"127.0.0.1:{record.rpc_port}") as channel:
             stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)
@@ -290,15 +291,17 @@ def bomb(record: Record, protocol: str, timeout: float = 120.0) -> str:
         connection.close()
 
 
-def run_hostile(records: Sequence[Record], slow_clients: int, bombs: int, spread_s: float
-                ) -> Counter:
-    """Slow clients and bombs, started evenly over `spread_s` seconds, round-robin over the
-    services (bombs alternating HTTP and gRPC); the count of each outcome."""
+def run_hostile(records: Sequence[Record], slow_clients: int, bombs: int, spread_s: float,
+                bomb_images: int = BOMB_IMAGES) -> Counter:
+    """Slow clients and bombs (of `bomb_images` images each), started evenly over `spread_s`
+    seconds, round-robin over the services (bombs alternating HTTP and gRPC); the count of each
+    outcome."""
     outcomes: Counter = Counter()
     lock = threading.Lock()
-    jobs = ([("slow", lambda r: slow_client(r))] * slow_clients
-            + [("bomb", lambda r, p=p: bomb(r, p)) for p in ("http", "grpc") * (bombs // 2)]
-            + [("bomb", lambda r: bomb(r, "http"))] * (bombs % 2))
+    jobs = ([("slow", slow_client)] * slow_clients
+            + [("bomb", lambda r, p=p: bomb(r, p, bomb_images))
+               for p in ("http", "grpc") * (bombs // 2)]
+            + [("bomb", lambda r: bomb(r, "http", bomb_images))] * (bombs % 2))
 
     def run(index: int, kind: str, job: Callable[[Record], str]) -> None:
         try:

@@ -204,16 +204,32 @@ class ServiceState:
     # --- predictions -----------------------------------------------------------------------
 
     def predict(self, request: Request, protocol: str) -> Response:
+        """Admit, call the pipeline, record: a request whose body is already read (gRPC)."""
         started = time.perf_counter()
-        reply = self._admit_and_call(request)
-        if reply.err_no == errors.OK:
-            self._last_success = time.monotonic()
-        self._record(reply, protocol, time.perf_counter() - started)
+        with self.admitted(request.name) as refusal:
+            reply = refusal or self.call(request)
+        self.record(reply, protocol, time.perf_counter() - started)
         return reply
 
-    def _admit_and_call(self, request: Request) -> Response:
-        if request.name and request.name != self.service:
-            return error_response("NO_SERVICE", f"no service {request.name!r} here; this port "
+    @contextlib.contextmanager
+    def admitted(self, service: str) -> Iterator[Response | None]:
+        """One prediction's admission, held until the block ends: yields None when admitted
+        (the caller reads the request and calls `call`), else the refusal to answer. The HTTP
+        front enters it before reading a body, so a refused request's body is never read."""
+        refusal = self._admit(service)
+        try:
+            yield refusal
+        finally:
+            if refusal is None:
+                self.inflight_limit.release()
+                with self._lock:
+                    self.inflight -= 1
+                    self.answered += 1
+                    self._lock.notify_all()
+
+    def _admit(self, service: str) -> Response | None:
+        if service and service != self.service:
+            return error_response("NO_SERVICE", f"no service {service!r} here; this port "
                                   f"serves {self.service!r}")
         with self._lock:
             if self.draining:
@@ -228,19 +244,20 @@ class ServiceState:
                                       f"(limit {self.inflight_limit.limit}); retry later")
             self.inflight += 1
             self.accepted += 1
+        return None
+
+    def call(self, request: Request) -> Response:
+        """The pipeline's answer to an admitted request."""
         try:
-            return self.pipeline.infer(request)  # type: ignore[union-attr]
+            reply = self.pipeline.infer(request)  # type: ignore[union-attr]
         except Exception as error:  # the upstream servicer should not raise; never drop one
             log.exception("%s: prediction failed", self.service)
             return error_response("INTERNAL", f"{type(error).__name__}: {error}")
-        finally:
-            self.inflight_limit.release()
-            with self._lock:
-                self.inflight -= 1
-                self.answered += 1
-                self._lock.notify_all()
+        if reply.err_no == errors.OK:
+            self._last_success = time.monotonic()
+        return reply
 
-    def _record(self, reply: Response, protocol: str, seconds: float) -> None:
+    def record(self, reply: Response, protocol: str, seconds: float) -> None:
         metrics = self.metrics
         stages, images = pop_timings(reply)
         for stage, value in stages.items():

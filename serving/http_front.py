@@ -6,7 +6,7 @@ Routes: POST /<service>/prediction (upstream's JSON body), GET /health/live, GET
 GET /metrics (Prometheus text). Another method on a route is 405, another path 404.
 
 Connections: each open connection is served by a thread of a bounded pool (max_connections per
-worker process; chosen over an event loop by measurement, docs/serving.md). Every read has a
+worker process), which also runs its predictions: no hand-off between threads. Every read has a
 deadline: an idle keep-alive connection is closed after keepalive_timeout_s, a request whose
 head (body) has not fully arrived header_timeout_s (body_timeout_s) after it started is answered
 408 and closed. A connection past the pool's size is served by a few overflow threads for one
@@ -32,99 +32,16 @@ from model import errors
 from model.errors import BY_NAME
 from serving.admission import ServiceState
 from serving.balance import BACKLOG, WorkerSlot
-from serving.http_wire import (
-    CONTINUE,
-    END_OF_HEAD,
-    MAX_HEAD_BYTES,
-    Head,
-    HttpError,
-    parse_head,
-    render_response,
-)
+from serving.http_connection import Connection, TimedOut
+from serving.http_wire import CONTINUE, Head, HttpError, render_response
 from serving.metrics import CONTENT_TYPE
 from serving.pipeline import Request, Response, error_response
 
 log = logging.getLogger(__name__)
 OVERFLOW_THREADS = 8  # serve connections past max_connections, one request each
 OVERFLOW_HEAD_S = 1.0  # how long such a connection may take to send its request head
-LINGER_S = 2.0  # after refusing a body, read (and drop) what the client still sends this long
-SEND_TIMEOUT_S = 30.0  # a client that does not read its answer for this long is dropped
 ACCEPT_POLL_S = 0.5  # how often the accept loop checks that it should stop
-_READ_CHUNK = 1 << 16
 GET_ROUTES = ("/health/live", "/health/ready", "/metrics")
-
-
-class TimedOut(Exception):
-    """A read deadline passed."""
-
-
-class Connection:
-    """One client socket, read against deadlines (monotonic seconds)."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = bytearray()  # received, not consumed yet
-
-    def _receive(self, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimedOut
-        self.sock.settimeout(remaining)
-        try:
-            return self.sock.recv(_READ_CHUNK)
-        except TimeoutError:
-            raise TimedOut from None
-
-    def read_head(self, idle_deadline: float, head_timeout: float) -> Head | None:
-        """The next request head; None when the client closed, or stayed idle past
-        idle_deadline, before sending a byte of it. TimedOut once its first byte is older
-        than head_timeout; HttpError when it is malformed."""
-        started = time.monotonic() if self.buffer else None
-        while (end := self.buffer.find(END_OF_HEAD)) < 0:
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                raise HttpError(431, f"request head over {MAX_HEAD_BYTES} bytes")
-            try:
-                chunk = self._receive(idle_deadline if started is None
-                                      else started + head_timeout)
-            except TimedOut:
-                if started is None:
-                    return None
-                raise
-            if not chunk:
-                if self.buffer:
-                    raise HttpError(400, "the connection closed in the middle of a request head")
-                return None
-            if started is None:
-                started = time.monotonic()
-            self.buffer += chunk
-        head = bytes(self.buffer[:end])
-        del self.buffer[:end + len(END_OF_HEAD)]
-        return parse_head(head)
-
-    def read_body(self, length: int, deadline: float) -> bytes:
-        while len(self.buffer) < length:
-            chunk = self._receive(deadline)
-            if not chunk:
-                raise HttpError(400, f"the connection closed after {len(self.buffer)} of "
-                                f"{length} body bytes")
-            self.buffer += chunk
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return body
-
-    def send(self, data: bytes) -> None:
-        self.sock.settimeout(SEND_TIMEOUT_S)
-        self.sock.sendall(data)
-
-    def linger(self) -> None:
-        """Before closing on an unread body: stop sending, then drop what the client still
-        sends for LINGER_S, so that a client writing its whole body before reading gets the
-        answer instead of a connection reset."""
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + LINGER_S
-            while self._receive(deadline):
-                pass
 
 
 @dataclass
@@ -272,10 +189,9 @@ class HttpServer:
             return
         self.state.metrics.refused_connections.inc("max_connections")
         limit = self.settings.max_connections
-        reply = self._prediction_reply(error_response(
+        reply = self._unread(error_response(
             "OVERLOADED", f"{limit} connections open on this worker process (the limit is "
-            f"{limit}); retry later"), close=True)
-        reply.unread_body = True
+            f"{limit}); retry later"))
         self._send(connection, reply, keep_alive=False)
 
     def _refuse(self, connection: Connection, status: int, reason: str, message: str) -> bool:
@@ -332,6 +248,7 @@ class HttpServer:
         return Reply(200, state.render_metrics().encode(), CONTENT_TYPE)
 
     def _post(self, head: Head, connection: Connection) -> Reply:
+        """Head checks, then admission, and only then the body: a refused body is never read."""
         state, settings = self.state, self.settings
         length = head.content_length()
         if length is None:
@@ -339,21 +256,32 @@ class HttpServer:
                 "BAD_REQUEST", "a Content-Length header is required (chunked bodies are not "
                 "supported)"), close=True)
         if length > settings.max_body_bytes:
-            reply = self._prediction_reply(error_response(
+            return self._unread(error_response(
                 "BODY_TOO_LARGE", f"body of {length} bytes; the limit is "
-                f"{settings.max_body_bytes} bytes"), close=True)
-            reply.unread_body = True
-            return reply
-        if head.expects_continue:
-            connection.send(CONTINUE)
-        body = connection.read_body(length, time.monotonic() + settings.body_timeout_s)
-        state.note_client(connection)
+                f"{settings.max_body_bytes} bytes"))
+        started = time.perf_counter()
         service = head.path.split("/")[1]
-        try:
-            request = _parse_body(body, service)
-        except ValueError as error:
-            return self._prediction_reply(error_response("BAD_REQUEST", str(error)))
-        return self._prediction_reply(state.predict(request, "http"), request.logid)
+        with state.admitted(service) as refusal:
+            if refusal is not None:
+                state.record(refusal, "http", time.perf_counter() - started)
+                return self._unread(refusal)
+            if head.expects_continue:
+                connection.send(CONTINUE)
+            body = connection.read_body(length, time.monotonic() + settings.body_timeout_s)
+            state.note_client(connection)
+            try:
+                request = _parse_body(body, service)
+            except ValueError as error:
+                return self._prediction_reply(error_response("BAD_REQUEST", str(error)))
+            reply = state.call(request)
+        state.record(reply, "http", time.perf_counter() - started)
+        return self._prediction_reply(reply, request.logid)
+
+    def _unread(self, refusal: Response) -> Reply:
+        """A refusal answered before the body was read: the connection closes after it."""
+        reply = self._prediction_reply(refusal, close=True)
+        reply.unread_body = True
+        return reply
 
     def _prediction_reply(self, reply: Response, logid: int = 0, close: bool = False) -> Reply:
         body = {"err_no": reply.err_no, "err_msg": reply.err_msg, "key": list(reply.key),

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -78,6 +79,13 @@ def _ops(service: Services) -> dict[int, list[int]]:
     """worker pid -> its child processes (the op process, multiprocessing's helpers)."""
     pids = group_pids(_record(service)["pid"])
     return {worker: [pid for pid in pids if _ppid(pid) == worker] for worker in _workers(service)}
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
 
 
 def _stop_ops(service: Services) -> None:
@@ -159,6 +167,11 @@ def test_max_inflight_holds_per_service_across_workers_over_http_and_grpc(
         assert (status, answer["err_no"]) == (503, 3004), answer
         assert f"limit {MAX_INFLIGHT}" in answer["err_msg"]
         assert _rpc(service).err_no == 3004
+    with socket.create_connection(("127.0.0.1", service.ports["peach"][0]), timeout=10) as sock:
+        sock.sendall(b"POST /peach/prediction HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000000\r\n\r\n")  # no body: refused before it
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b'"err_no": 3004' in answer, answer
     _continue_all(service)
     for thread in threads:
         thread.join(WAIT_S)
@@ -166,9 +179,12 @@ def test_max_inflight_holds_per_service_across_workers_over_http_and_grpc(
 
 
 def test_a_worker_whose_op_died_answers_not_ready(service: Services) -> None:
+    """Its op process and the channels' Manager process both killed: before the Manager was
+    watched, a request to that worker waited forever."""
     worker, children = next(iter(_ops(service).items()))
     for pid in children:
         os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: all(_state(pid) in ("Z", "gone") for pid in children), "their deaths")
     codes = set()
     for _ in range(4 * ATTEMPTS):
         status, answer = _post(service)
