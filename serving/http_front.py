@@ -84,8 +84,13 @@ class HttpServer:
             with selectors.DefaultSelector() as selector:
                 selector.register(self.socket, selectors.EVENT_READ)
                 while not self._stop.is_set():
-                    if selector.select(ACCEPT_POLL_S):
-                        self._accept()
+                    try:
+                        if selector.select(ACCEPT_POLL_S):
+                            self._accept()
+                    except Exception:  # the accept loop must outlive any one failure
+                        self.state.count_failure("http-accept")
+                        log.exception("%s: HTTP accept loop failed", self.state.service)
+                        self._stop.wait(ACCEPT_POLL_S)
         finally:
             self._stopped.set()
 
@@ -99,6 +104,7 @@ class HttpServer:
         except OSError as error:  # e.g. out of file descriptors: keep serving the open ones
             self.state.count_failure("http-accept")
             log.warning("%s: accept failed: %s", self.state.service, error)
+            self._stop.wait(ACCEPT_POLL_S)  # until some close: the socket stays readable
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one write per answer
         with self._lock:

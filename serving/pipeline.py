@@ -289,10 +289,10 @@ class Pipeline:
 
     def _pipeline_workers(self) -> list[Any]:
         """What must stay alive for the pipeline to answer: each op's thread (thread ops) or
-        process (process ops), as DAG.start returned them, the channels' Manager process (process
-        ops), and the DAG executor's receiving thread. Read from the servicer, not diffed from threading.enumerate() around its build:
-        a health probe's handler thread that came in during the load would read as a dead
-        worker once it ended."""
+        process (process ops), as DAG.start returned them, the channels' Manager process
+        (process ops), and the DAG executor's receiving thread. Read from the servicer, not
+        diffed from threading.enumerate() around its build: a health probe's handler thread that
+        came in during the load would read as a dead worker once it ended."""
         executor = self._servicer._dag_executor
         ops = [worker for worker in executor._dag._threads_or_proces if worker is not None]
         # Process ops talk through a multiprocessing Manager's process (dag.py DAG.__init__):
