@@ -124,6 +124,10 @@ class Refused(Exception):
     never processed, so a graceful stop may produce these but never a failure."""
 
 
+class _Closed(Refused):
+    """The connection closed before an answer: the request was not processed."""
+
+
 class Transport:
     """One worker's connections: an HTTP/1.1 keep-alive connection per service, one gRPC
     channel per service (shared upstream protocol, raw stub: no PipelineClient overhead)."""
@@ -134,12 +138,25 @@ class Transport:
         self._stubs: dict[str, Any] = {}
 
     def http(self, service: str, items: dict[str, str]) -> dict[str, Any]:
-        record = self._records[service]
         body = json.dumps({"key": list(items), "value": list(items.values())})
+        reused = service in self._http
+        try:
+            answer = self._http_once(service, body)
+        except _Closed:
+            if not reused:
+                raise
+            # The service closed the connection while it was idle (keepalive_timeout_s) before
+            # it read this request: send it again on a new one, as HTTP clients do.
+            answer = self._http_once(service, body)
+        if answer.get("err_no") == 3001:
+            raise Refused(f"http: {answer.get('err_msg')}")
+        return answer
+
+    def _http_once(self, service: str, body: str) -> dict[str, Any]:
         connection = self._http.get(service)
         if connection is None:
-            connection = http.client.HTTPConnection("127.0.0.1", record.http_port,
-                                                    timeout=self._timeout)
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self._records[service].http_port, timeout=self._timeout)
             self._http[service] = connection
         try:
             connection.request("POST", f"/{service}/prediction", body,
@@ -149,12 +166,10 @@ class Transport:
         except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine) as e:
             connection.close()
             del self._http[service]
-            raise Refused(f"http: {type(e).__name__}: {e}") from None
+            raise _Closed(f"http: {type(e).__name__}: {e}") from None
         if response.getheader("Connection", "").lower() == "close":
             connection.close()
             del self._http[service]
-        if answer.get("err_no") == 3001:
-            raise Refused(f"http {response.status}: {answer.get('err_msg')}")
         return answer
 
     def grpc(self, service: str, items: dict[str, str]) -> dict[str, Any]:
