@@ -42,8 +42,9 @@ class ServiceMetrics:
             "serving_stage_duration_seconds", "Time per pipeline stage of successful requests "
             "(decode, preprocess, predict, postprocess).", ("service", "stage")))
         self.batch_images: Histogram = add(Histogram(  # type: ignore[assignment]
-            "serving_batch_images", "Images in the predictor call that served each successful "
-            "request (auto-batching merges requests arriving together).", ("service",),
+            "serving_batch_images", "Images in the largest predictor call that served each "
+            "successful request (auto-batching merges requests arriving together).",
+            ("service",),
             buckets=BATCH_BUCKETS))
         self.refused_connections: Counter = add(Counter(  # type: ignore[assignment]
             "serving_http_refused_total", "HTTP requests or connections refused before a "
