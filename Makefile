@@ -53,7 +53,7 @@ image:  ## the service image, no registry: debootstrap base + deploy/image/Conta
 	@$(call apt_install,$(IMAGE_APT))
 	$(PYTHON_SYSTEM) -m deploy.image
 
-deploy-test: install image  ## run the image as deploy/k8s says: pod, drain, replicas behind haproxy
+deploy-test: install models image  ## run the image as deploy/k8s says: pod, drain, replicas behind haproxy
 	@$(call apt_install,$(DEPLOY_TEST_APT))
 	$(PY) -m pytest -m deploy tests/test_deploy_image.py tests/test_deploy_scaleout.py
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from deploy.netns import in_netns
+from deploy.netns import in_netns, terminated_with_parent
 
 BACKEND = "replicas"
 CONFIG = """\
@@ -22,14 +22,19 @@ global
     # A retry replays the request from haproxy's buffer: the whole request must fit in it.
     tune.bufsize {bufsize}
     maxconn 512
+    log stdout format raw local0 info
 
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 1s
     timeout client 60s
     timeout server 60s
     # A request a replica did not answer (refused, closed without an answer, 503 while it
     # loads or drains) goes to another replica: a prediction is safe to replay.
+    # (only a request held whole in the buffer can be replayed: wait for the body first)
+    option http-buffer-request
     retries 3
     option redispatch 1
     retry-on conn-failure empty-response response-timeout 503
@@ -75,7 +80,7 @@ class Balancer:
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
                 in_netns(self.netns, ["haproxy", "-db", "-f", str(self.config_path)]),
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=terminated_with_parent)
         try:
             self._wait(self._answers, 10, "answer on haproxy's admin socket")
         except BaseException:

@@ -7,8 +7,10 @@ veth pair on 198.18.<i+1>.0/24 (RFC 2544's block for benchmark networks): the ba
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from types import TracebackType
@@ -36,6 +38,14 @@ def ip(*args: str) -> str:
 
 def in_netns(netns: str, command: list[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *command]
+
+
+def terminated_with_parent() -> None:
+    """Popen preexec_fn: the child (haproxy, a load generator) gets SIGTERM when the test
+    process dies, even by SIGKILL, instead of running on in a namespace nobody removes
+    (Linux prctl PR_SET_PDEATHSIG; it survives the exec of `ip netns exec`)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Network:

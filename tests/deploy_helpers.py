@@ -21,6 +21,7 @@ import yaml
 
 from bench.payloads import peach_images, traffic_light_images
 from deploy import image, manifests
+from deploy.netns import terminated_with_parent
 from deploy.podman import image_exists
 from serving.protocol import request_items
 
@@ -84,7 +85,8 @@ class Traffic:
                    "--warmup", str(warmup)]
         self.process = subprocess.Popen([*(prefix or []), *command], cwd=ROOT,
                                         env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True,
+                                        preexec_fn=terminated_with_parent)
         self.counts = {"ok": 0, "draining": 0, "refused": 0, "failed": 0}
         self.summary: dict[str, Any] | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -45,7 +45,8 @@ served = Path("build/serving")
 print(json.dumps({
     "python": list(sys.version_info[:2]), "uid": os.getuid(), "executable": sys.executable,
     "served": sorted(p.parent.parent.name for p in served.glob("*/serving_server/*_conf.prototxt")),
-    "config_links": {p.parent.name: os.readlink(p) for p in served.glob("*/config.yml")},
+    "config_links": {p.name: os.readlink(p / "config.yml") for p in served.iterdir()
+                     if os.path.islink(p / "config.yml")},
 }))
 """
 
