@@ -2,10 +2,13 @@
 
 Each of --concurrency clients keeps one keep-alive connection and sends its next request when the
 previous answer arrived. Every request ends as exactly one of:
-  ok        HTTP 200 with err_no 0
-  draining  HTTP 503 with err_no 3001: the service is stopping and did not take the request
-  refused   no connection could be opened: nothing listens, no request was sent
-  failed    anything else: an error answer, a reset or a timeout after the request was sent
+  ok          HTTP 200 with err_no 0
+  draining    HTTP 503 with err_no 3001: the service is stopping and did not take the request
+  refused     no connection could be opened: nothing listens, no request was sent
+  unanswered  the connection closed before any byte of an answer came: the server did not
+              take the request (a drained service closes its open connections so), or it died
+              with the request; only the server's own count can tell which
+  failed      anything else: an error answer, a timeout, an answer cut short
 A JSON line of the counts goes to stdout every --progress seconds, and a summary at the end.
 SIGUSR1 means the endpoint is gone, as when Kubernetes takes a terminating pod out of a
 Service: no client opens a new connection after it. SIGTERM or SIGINT stop it after the
@@ -27,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-OUTCOMES = ("ok", "draining", "refused", "failed")
+OUTCOMES = ("ok", "draining", "refused", "unanswered", "failed")
+# Raised before any byte of an answer arrived: the server closed (or reset) the connection.
+UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 DRAINING_ERR_NO = 3001  # serving/errors.py DRAINING
 RECONNECT_WAIT_S = 0.1
 KEPT_ERRORS = 10
@@ -48,7 +53,7 @@ class Tally:
             self.counts[outcome] += 1
             if outcome == "ok" and self.window_start <= finished < self.window_end:
                 self.window_latencies_ms.append((finished - started) * 1000)
-            if outcome == "failed" and len(self.errors) < KEPT_ERRORS:
+            if detail and len(self.errors) < KEPT_ERRORS:
                 self.errors.append(detail)
 
     def snapshot(self) -> dict[str, int]:
@@ -112,6 +117,9 @@ class Load:
             connection.request("POST", self.path, body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             data = response.read()
+        except UNANSWERED as error:
+            self.tally.add("unanswered", started, f"{type(error).__name__}: {error}")
+            return False
         except (OSError, http.client.HTTPException) as error:
             self.tally.add("failed", started, f"{type(error).__name__}: {error}")
             return False

@@ -23,6 +23,7 @@ from bench.payloads import peach_images, traffic_light_images
 from deploy import image, manifests
 from deploy.netns import terminated_with_parent
 from deploy.podman import image_exists
+from deploy.traffic import OUTCOMES
 from serving.protocol import request_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ class Traffic:
                                         env={**os.environ, "PYTHONPATH": str(ROOT)},
                                         stdout=subprocess.PIPE, text=True,
                                         preexec_fn=terminated_with_parent)
-        self.counts = {"ok": 0, "draining": 0, "refused": 0, "failed": 0}
+        self.counts = dict.fromkeys(OUTCOMES, 0)
         self.summary: dict[str, Any] | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
