@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -116,6 +117,16 @@ def test_the_pod_passes_its_probes(pod: Pod, capsys: pytest.CaptureFixture[str])
     for kind in ("readinessProbe", "livenessProbe"):
         assert pods.passes(pods.probe(pod.deployment, kind), pod.address), kind
     show(capsys, f"pod {pod.model}", {"startup probe passed after s": round(pod.started_s, 1)})
+
+
+def test_the_pod_serves_metrics_where_its_scrape_annotations_point(pod: Pod) -> None:
+    annotations = pod.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    url = (f"http://{pod.address}:{annotations['prometheus.io/port']}"
+           f"{annotations['prometheus.io/path']}")
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    assert "# TYPE serving_requests_total counter" in text and "serving_ready 1" in text
 
 
 def test_the_pod_runs_as_the_manifest_says(pod: Pod) -> None:
