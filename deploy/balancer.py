@@ -9,6 +9,7 @@ import io
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -142,7 +143,7 @@ class Balancer:
         return self._wait(lambda: self.status(server) == wanted, timeout,
                           f"{server} to be {wanted}")
 
-    def _wait(self, condition, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+    def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> float:
         started = time.monotonic()
         while not condition():
             if self.process is not None and self.process.poll() is not None:

@@ -74,6 +74,8 @@ def classify(status: int, body: bytes) -> tuple[str, str]:
 
 
 class Load:
+    """The clients' shared state: where to send, what, and the two stop signals."""
+
     def __init__(self, url: str, bodies: list[bytes], timeout_s: float, tally: Tally):
         parsed = urllib.parse.urlsplit(url)
         self.host, self.port, self.path = parsed.hostname, parsed.port or 80, parsed.path
