@@ -5,7 +5,8 @@ PY            := $(VENV)/bin/python
 STAMP         := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train models serve stop status soak test lint bench image deploy-test clean
+.PHONY: help install train models serve stop status soak test test-fast lint bench image \
+	deploy-test clean
 
 # Debian packages a target needs, installed by the target itself when missing (root).
 IMAGE_APT       := debootstrap podman runc
@@ -18,10 +19,15 @@ help:  ## list the targets
 
 install: $(STAMP)  ## build .venv with the exact pinned environment (requirements.lock)
 
-$(STAMP): requirements.lock
+# The project itself goes in editable, built with the lock's setuptools (no build isolation, so
+# nothing unpinned is fetched), and compat/paddle_vision_serving_compat.pth goes into
+# site-packages: it activates the compatibility fixes in every process of the venv.
+$(STAMP): requirements.lock pyproject.toml compat/paddle_vision_serving_compat.pth
 	test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip==25.3
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --editable .
+	cp compat/paddle_vision_serving_compat.pth "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 	rm -f $(VENV)/.installed-* && touch $@
 
 train: install  ## generate the synthetic datasets and retrain both default models (long)
@@ -40,7 +46,7 @@ status:  ## show what is running, with endpoints
 	$(PY) -m serving status
 
 soak: install  ## 20,000 requests at concurrency 32 against the running services (make serve first)
-	$(PY) -m serving.soak --requests 20000 --concurrency 32
+	$(PY) -m bench.soak --requests 20000 --concurrency 32
 
 bench: models  ## in-process limit vs served HTTP/RPC vs upstream reference: table, JSON, PNG in build/bench/
 	$(PY) -m bench
@@ -48,6 +54,10 @@ bench: models  ## in-process limit vs served HTTP/RPC vs upstream reference: tab
 test: install  ## lint + the whole test suite (what CI runs)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+test-fast: install  ## lint + the unit tests only (no training, export or services; under a minute)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow and not service and not integration and not deploy" -q
 
 image:  ## the service image, no registry: debootstrap base + deploy/image/Containerfile (podman)
 	@$(call apt_install,$(IMAGE_APT))

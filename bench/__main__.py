@@ -11,8 +11,6 @@ drift. Outputs: a table on stdout, <out>/bench.json, <out>/bench.md (the
 table in Markdown) and <out>/bench.png.
 """
 
-import compat  # noqa: F401, I001  # first import of every entry point
-
 import argparse
 import json
 import logging
@@ -25,25 +23,27 @@ from pathlib import Path
 from typing import Any
 
 from bench import inprocess, loadgen, procstats, report, services, stages
-from bench.payloads import Payloads, encode_payloads, validation_images
-from serving.host import PUBLISH_EVERY_S
-from serving.layout import ROOT, Layout
-from serving.manager import ensure_serving_folder
+from bench.payloads import Payloads, encode_payloads
+from serving.control.layout import ROOT, Layout
+from serving.control.prepare import ensure_serving_folder
+from serving.service_metrics import PUBLISH_EVERY_S
 
 log = logging.getLogger("bench")
 
 # PaddleClas's shipped deploy/paddleserving/config.yml served the upstream way (Paddle Serving's
-# Go HTTP gateway): one gRPC worker, one op process, no IR optimisation, no oneDNN. It sets no
+# Go HTTP gateway, bench.reference): one gRPC worker, one op process, no IR optimisation, no
+# oneDNN. It sets no
 # thread_num (the LocalPredictor then gets None and fails on CPU); 2 = the machine's cores, the
 # most favourable choice for the reference. OpenCV's, glibc's and Paddle's defaults, as upstream
 # runs.
-REFERENCE_RUNTIME = {"http_front": "upstream", "worker_num": "1",
+REFERENCE = "reference"
+REFERENCE_RUNTIME = {"worker_num": "1",
                      "build_dag_each_worker": "false", "is_thread_op": "false",
                      "concurrency": "1", "thread_num": "2", "image_threads": "2",
                      "batch_size": "1", "ir_optim": "false", "use_mkldnn": "false",
                      "reuse_freed_memory": "false", "pin_workers": "false",
                      "free_intermediate_tensors": "true"}
-DEFAULT_VARIANTS = ("project", "reference")
+DEFAULT_VARIANTS = ("project", REFERENCE)
 ROUND_WARMUP_S = 1.0  # before each window of a paired round: every process is loaded already
 SMOKE = {"concurrency": "1,2", "duration": 0.5, "warmup": 0.3, "images": 4,
          "inprocess": "1x1", "inprocess_duration": 0.5, "rounds": 1, "round_window": 0.5}
@@ -55,12 +55,13 @@ examples:
   python -m bench --smoke                           # seconds: does the harness work?
 
 A variant is NAME or NAME:key=value,key=value (python -m serving --runtime keys); `project` =
-the defaults of serving/config.py, `reference` = the upstream configuration."""
+the defaults (python -m serving settings), `reference` = the upstream configuration, served by
+Paddle Serving's own gateway (python -m bench.reference)."""
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     name, _, pairs = text.partition(":")
-    if name == "reference" and not pairs:
+    if name == REFERENCE and not pairs:
         return name, dict(REFERENCE_RUNTIME)
     runtime = {}
     for pair in filter(None, pairs.split(",")):
@@ -191,8 +192,9 @@ def _round_figures(alone: dict[str, Any], served: dict[str, Any], alone_one: dic
 
 
 def bench_variant(args: argparse.Namespace, layout: Layout, name: str, payloads: Payloads,
-                  runtime: dict[str, str]) -> dict[str, Any]:
-    service = services.start(layout.models_dir, layout.build_dir, name, runtime)
+                  runtime: dict[str, str], upstream_gateway: bool) -> dict[str, Any]:
+    service = services.start(layout.models_dir, layout.build_dir, name, runtime,
+                             upstream_gateway)
     try:
         config = layout.config_file(name).read_text(encoding="utf-8")
         time.sleep(1.0)  # let start-up work settle before the idle reading
@@ -226,7 +228,7 @@ def served_runs(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 def resolved_runtime(config_yml: str) -> dict[str, str]:
     """The settings the service really ran with: the `# runtime: k=v, ...` header line that
-    serving.config.write_config puts at the top of config.yml."""
+    serving.pipeline.write_config puts at the top of config.yml."""
     for line in config_yml.splitlines():
         if line.startswith("# runtime: "):
             pairs = (pair.partition("=") for pair in line[len("# runtime: "):].split(", "))
@@ -289,7 +291,7 @@ def rpc_reply_ok(reply: bytes) -> tuple[bool, str]:
 def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str, Any]:
     spec = layout.spec(name)
     ensure_serving_folder(layout, spec)
-    jpegs = validation_images(spec.task, args.images)
+    jpegs = spec.sample_images(args.images)
     payloads = encode_payloads(jpegs)
     variants = dict(parse_variant(text) for text in args.variant or DEFAULT_VARIANTS)
     model: dict[str, Any] = {"inprocess": [], "inprocess_limit": None, "variants": {},
@@ -304,8 +306,8 @@ def bench_model(args: argparse.Namespace, layout: Layout, name: str) -> dict[str
     for variant_name, runtime in variants.items():
         log.info("[%s] served variant %s %s", name, variant_name, runtime or "(defaults)")
         try:
-            model["variants"][variant_name] = bench_variant(args, layout, name, payloads,
-                                                            runtime)
+            model["variants"][variant_name] = bench_variant(
+                args, layout, name, payloads, runtime, upstream_gateway=variant_name == REFERENCE)
         except services.BenchError as error:  # one configuration failing is a result too
             log.error("[%s] variant %s failed: %s", name, variant_name, error)
             model["failed_variants"][variant_name] = {"runtime": runtime, "error": str(error)}

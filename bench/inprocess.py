@@ -8,8 +8,6 @@ window on each "go SECONDS WARMUP" line from stdin, so all workers run their loo
 wall-clock windows, as many as asked, with the model loaded once.
 """
 
-import compat  # noqa: F401, I001  # first import of every entry point
-
 import argparse
 import itertools
 import json
@@ -25,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import parse_overrides, resolve_runtime
-from serving.cores import pin_worker
-from serving.model_spec import ModelSpec
-from serving.options import resolve_options
-from serving.process import configure_process
+from model import settings
+from model.model import Model
+from model.process import configure_process, pin_worker
+from model.spec import ModelSpec
 from serving.protocol import request_items
 
 _STRATEGY = re.compile(r"^(\d+)x(\d+)(?:b(\d+))?$")
@@ -133,39 +130,29 @@ def _expect_line(worker: subprocess.Popen, prefix: str, log: Path) -> str:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from serving.handler import ModelHandler
-    from serving.predictor import InProcessPredictor
-
     spec = ModelSpec.load(args.model_dir)
-    overrides = {**parse_overrides(args.runtime), "thread_num": str(args.threads)}
-    runtime = resolve_runtime(spec, args.serving_server, overrides)
-    options = resolve_options(spec.runtime, overrides)
+    resolved = settings.resolve(spec.runtime, settings.parse_pairs(args.runtime),
+                                {"thread_num": args.threads})
     # The service's settings, and cores shared out as among its workers
-    configure_process(runtime, options)
-    if options.pin_workers:
+    configure_process(resolved)
+    if resolved.pin_workers:
         pin_worker(args.worker_index, args.workers)
-    handler = ModelHandler(spec, args.serving_server).load()
-    predictor = InProcessPredictor(args.serving_server, spec.fetches, runtime)
+    model = Model(spec, args.serving_server, resolved).load()
     jpegs = json.loads(args.images.read_text())["jpegs_hex"]
     requests = [request_items([bytes.fromhex(jpegs[(i + j) % len(jpegs)])
                                for j in range(args.batch)]) for i in range(len(jpegs))]
-
-    def serve_one(request: dict[str, str]) -> None:
-        batch = handler.preprocess(request)
-        handler.postprocess(batch.keys, predictor(batch.feed))
-
     for index in range(WARMUP_CALLS):
-        serve_one(requests[index % len(requests)])
+        model(requests[index % len(requests)])
     print("ready", flush=True)
     next_requests = itertools.cycle(requests)  # each window goes on where the last stopped
     for line in sys.stdin:  # "go SECONDS WARMUP" per window; EOF ends the worker
         duration_s, warmup_s = (float(word) for word in line.split()[1:3])
-        report = _window(serve_one, next_requests, duration_s, warmup_s)
+        report = _window(model, next_requests, duration_s, warmup_s)
         print(json.dumps({**report, "images": len(report["latencies_ms"]) * args.batch}),
               flush=True)
 
 
-def _window(serve_one: Callable[[dict[str, str]], None], requests: Iterator[dict[str, str]],
+def _window(serve_one: Callable[[dict[str, str]], object], requests: Iterator[dict[str, str]],
             duration_s: float, warmup_s: float) -> dict:
     """Calls serve_one on the next requests for warmup_s + duration_s; times the calls that
     finish inside the timed part."""

@@ -18,7 +18,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class GroupSample:
     processes: int
     cpu_s: float  # user + system of the live processes
-    minor_faults: int  # pages the kernel mapped in for them (serving.memory explains why it counts)
+    minor_faults: int  # pages the kernel mapped in for them (model.process.reuse_freed_memory)
     rss_mb: float
     pss_mb: float
 

@@ -11,8 +11,6 @@ Output: the table on stdout, and <out>/<model>-c<N>.txt, the collapsed stacks (o
 speedscope or flamegraph.pl for the full picture).
 """
 
-import compat  # noqa: F401, I001  # first import of every entry point
-
 import argparse
 import logging
 import shutil
@@ -25,23 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import loadgen, procstats, services
-from bench.payloads import encode_payloads, validation_images
-from serving.config import parse_overrides
-from serving.layout import ROOT, Layout
-from serving.manager import ensure_serving_folder
+from bench.payloads import encode_payloads
+from model import settings
+from serving.control.layout import ROOT, Layout
+from serving.control.prepare import ensure_serving_folder
 
 WAITING = "waiting (no CPU): conditions, sockets"
 # (stage, substrings of a py-spy frame "function (file:line)"); a sample goes to the innermost
 # frame matching any row. Order inside the table does not matter: a frame matches one row.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("predict (Paddle Inference)", ("LocalPredictor.predict (", "ModelOp.process (")),
+    ("predict (Paddle Inference)", ("Model.predict (", "PaddleEngine.run (")),
     ("decode: base64 + JPEG + limits", ("decode_checked (",)),
-    ("preprocess: resize, crop, normalize", ("ModelHandler.prepare (", "Preprocessor.")),
-    ("postprocess: outputs -> JSON", ("ModelHandler.respond (",)),
+    ("preprocess: resize, crop, normalize", ("Model.preprocess (", "Preprocessor.")),
+    ("postprocess: outputs -> JSON", ("Model.postprocess (",)),
     ("HTTP request: headers + JSON body", ("_parse_body (", "parse_request (",
                                           "BaseHTTPRequestHandler.handle_one_request (")),
     ("HTTP response: JSON + write", ("_HttpHandler._reply (", "_HttpHandler._send")),
-    ("metrics + admission", ("ServiceHost._record (", "ServiceHost._admit_and_call (")),
+    ("metrics + admission", ("ServiceState._record (", "ServiceState._admit_and_call (")),
     ("pipeline plumbing: DAG + channels + ops", ("pipeline/dag.py", "pipeline/channel.py",
                                                  "pipeline/operator.py",
                                                  "pipeline/pipeline_server.py")),
@@ -108,8 +106,8 @@ def profile(args: argparse.Namespace) -> int:
     layout = Layout(models_dir=args.models_dir.resolve(), build_dir=args.out.resolve() / "build")
     spec = layout.spec(args.model)
     ensure_serving_folder(layout, spec)
-    payloads = encode_payloads(validation_images(spec.task, args.images))
-    runtime = parse_overrides(args.runtime)
+    payloads = encode_payloads(spec.sample_images(args.images))
+    runtime = settings.parse_pairs(args.runtime)
     service = services.start(layout.models_dir, layout.build_dir, args.model, runtime)
     collapsed = args.out / f"{args.model}-c{args.concurrency}.txt"
     try:

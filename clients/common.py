@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from serving.layout import Layout, ports_for
-from serving.model_spec import ModelSpecError
+from model.spec import ModelSpecError
+from serving.control.layout import Layout, ports_for
 from serving.protocol import decode_results, request_items
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -1,11 +1,7 @@
 """Send images to a pipeline service over HTTP: POST /<service>/prediction."""
 
-import os  # stdlib only until the project root is on sys.path; then compat first
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import compat  # noqa: F401  # first, as in every entry point
 from clients.common import Reply, Send, default_port, parser, run
 from serving.protocol import http_url, post_http
 

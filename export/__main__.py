@@ -1,7 +1,5 @@
 """python -m export: turn a Paddle inference model into a patched Paddle Serving model folder."""
 
-import compat  # noqa: F401, I001  # first import: rebuilds Paddle Serving's protobuf modules
-
 import argparse
 import logging
 import os
@@ -20,7 +18,7 @@ SOURCE is one of:
 
 examples:
   python -m export models/peach/inference --patch prototxt_patches/peach.yml \\
-      --out build/serving/peach
+      --model models/peach --out build/serving/peach
   python -m export output/best_model.pdparams --config my_yolov3.yml \\
       --patch prototxt_patches/traffic_light.yml --out build/serving/traffic_light
   python -m export old_tutorial_export/ --patch prototxt_patches/traffic_light.yml   # in place
@@ -43,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "folder SOURCE: patch in place)")
     parser.add_argument("--patch", type=Path, help="prototxt patch YAML to apply")
     parser.add_argument("--config", type=Path, help="model config YAML (checkpoint SOURCE only)")
+    parser.add_argument("--model", type=Path, metavar="MODEL_YML",
+                        help="the model's description (models/<name>/model.yml or its folder): "
+                             "fail unless its feeds and fetches are the patched aliases")
     return parser.parse_args(argv)
 
 
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_paddle()
     from export.convert import convert  # imports paddle: after the environment is set
+    from model.spec import ModelSpec, ModelSpecError
 
     try:
-        written = convert(args.source, args.out, args.patch, args.config)
-    except ExportError as error:
+        spec = ModelSpec.load(args.model) if args.model else None
+        written = convert(args.source, args.out, args.patch, args.config, spec)
+    except (ExportError, ModelSpecError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.getLogger("export").info("serving model ready: %s", written)

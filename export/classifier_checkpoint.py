@@ -4,18 +4,14 @@ What PaddleClas's tools/export_model.py does, for the wheel that ships only the 
 build the Arch from the config, load the weights, fuse the Rep branches (re_parameterize), append
 softmax (so the served output is class probabilities [N, class_num]) and save a static program.
 
-The program is saved in the PIR format (inference.json + inference.pdiparams), chosen by
-measurement: paddle.inference 3.3.1, 2 threads, ir_optim + oneDNN, batch 1 at 224, 100 runs after
-10 warm-ups, on the shared 2-core machine: PIR median 31-57 ms (10th percentile 23 ms), legacy
+The program is saved in the PIR format (inference.json + inference.pdiparams): with
+paddle.inference 3.3.1, ir_optim and oneDNN it ran several times faster than the legacy
 inference.pdmodel (FLAGS_enable_pir_api=0, which also needs sigmoid/multiply routed through the old
-op builder) median 125-128 ms (10th percentile 45-50 ms). PIR also needs no export workaround.
+op builder; docs/models.md), and it needs no export workaround.
 """
 
 from __future__ import annotations
 
-import compat  # noqa: F401  # first: grpc before paddle; paddleclas without its faiss wrapper
-
-# isort: split
 from pathlib import Path
 from typing import Any
 

@@ -20,6 +20,7 @@ from export.patch import Patch, apply_patch, load_patch
 from export.serving_folder import (
     SERVER_DIR,
     build_config,
+    check_description,
     check_local_predictor_contract,
     copy_serving_folder,
     existing_confs,
@@ -28,6 +29,7 @@ from export.serving_folder import (
     write_config,
     write_serving_folder,
 )
+from model.spec import DESCRIPTION_FILE, ModelSpec
 
 log = logging.getLogger("export")
 
@@ -39,11 +41,17 @@ CHECKPOINT_EXPORTERS = {
 }
 
 
-def _patched(config: GeneralModelConfig, patch: Patch | None, label: str) -> GeneralModelConfig:
+def _patched(config: GeneralModelConfig, patch: Patch | None, label: str,
+             description: ModelSpec | None) -> GeneralModelConfig:
     if patch is not None:
         for line in apply_patch(config, patch, label):
             log.info("  %s [%s] %s", patch.source.name, label, line)
     check_local_predictor_contract(config, label)
+    if description is not None:
+        source = description.folder / DESCRIPTION_FILE
+        check_description(config, list(description.feeds), description.fetches, str(source),
+                          label)
+        log.info("  [%s] feeds and fetches match %s", label, source)
     return config
 
 
@@ -83,7 +91,8 @@ def export_checkpoint(weights: Path, config_path: Path, workdir: Path) -> Path:
     return Path(exporter(config_path, weights, workdir / "inference"))
 
 
-def export_inference_folder(source: Path, out: Path, patch: Patch | None) -> None:
+def export_inference_folder(source: Path, out: Path, patch: Patch | None,
+                            description: ModelSpec | None) -> None:
     model = find_inference_model(source)
     log.info("read %s model %s + %s%s", "PIR" if model.is_pir else "legacy", model.program,
              model.params.name, "".join(f" + {p.name}" for p in model.extras))
@@ -91,13 +100,14 @@ def export_inference_folder(source: Path, out: Path, patch: Patch | None) -> Non
     for kind, specs in (("feed", interface.feeds), ("fetch", interface.fetches)):
         for spec in specs:
             log.info("  %s %s %s %s", kind, spec.name, spec.dtype, list(spec.shape))
-    config = _patched(build_config(interface), patch, "serving config")
+    config = _patched(build_config(interface), patch, "serving config", description)
     written = write_serving_folder(model, config, out)
     for path in written.files:
         log.info("wrote %s", path)
 
 
-def patch_serving_folder(source: Path, out: Path, patch: Patch | None) -> None:
+def patch_serving_folder(source: Path, out: Path, patch: Patch | None,
+                         description: ModelSpec | None) -> None:
     """Patch an existing serving folder's configs (text + binary twin), copying it to out first."""
     if out.resolve() == source.resolve():
         log.info("patching serving folder %s in place", source)
@@ -105,7 +115,7 @@ def patch_serving_folder(source: Path, out: Path, patch: Patch | None) -> None:
         copy_serving_folder(source, out)
         log.info("copied serving folder %s to %s", source, out)
     for conf in existing_confs(out):
-        config = _patched(read_config(conf), patch, conf.name)
+        config = _patched(read_config(conf), patch, conf.name, description)
         write_config(config, conf)
         log.info("wrote %s (+ binary twin)", conf)
     server = out / SERVER_DIR
@@ -118,11 +128,13 @@ def patch_serving_folder(source: Path, out: Path, patch: Patch | None) -> None:
         log.info("wrote %s", checksums.write_checksums(server))
 
 
-def convert(source: Path, out: Path | None, patch_file: Path | None, config: Path | None) -> Path:
-    """Run the export stage; returns the serving folder written."""
+def convert(source: Path, out: Path | None, patch_file: Path | None, config: Path | None,
+            description: ModelSpec | None = None) -> Path:
+    """Run the export stage; returns the serving folder written. description: the model.yml
+    whose feeds and fetches the patched configs must match."""
     patch = load_patch(patch_file) if patch_file else None
     if is_serving_folder(source):
-        patch_serving_folder(source, out or source, patch)
+        patch_serving_folder(source, out or source, patch, description)
         return out or source
     if out is None:
         raise ExportError("--out is required unless SOURCE is an existing serving folder")
@@ -130,7 +142,8 @@ def convert(source: Path, out: Path | None, patch_file: Path | None, config: Pat
         if config is None:
             raise ExportError(f"{source} is a checkpoint: pass its model config with --config")
         with tempfile.TemporaryDirectory(prefix="export-") as workdir:
-            export_inference_folder(export_checkpoint(source, config, Path(workdir)), out, patch)
+            export_inference_folder(export_checkpoint(source, config, Path(workdir)), out, patch,
+                                    description)
         return out
-    export_inference_folder(source, out, patch)
+    export_inference_folder(source, out, patch, description)
     return out

@@ -5,15 +5,11 @@ Preprocess list and label_list) and renames its files to the project's inference
 
 The program is saved in the legacy format (inference.pdmodel, paddle's old IR): with
 paddle.inference 3.3.1 a PIR YOLOv3 program segfaults at predictor creation once oneDNN is on,
-while the legacy program runs with oneDNN (the small default detector: ~4 ms per image instead of
-~25 ms without oneDNN; measured numbers in models/traffic_light/metrics.json and the README).
+while the legacy program runs with oneDNN, several times faster than without it.
 """
 
 from __future__ import annotations
 
-import compat  # noqa: F401  # first: upstream fixes (export full_graph, multiclass_nms)
-
-# isort: split
 import argparse
 import shutil
 import tempfile

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,21 @@ def copy_serving_folder(source: Path, out: Path) -> None:
             if (source / part).is_dir():
                 shutil.copytree(source / part, Path(scratch) / part)
                 _replace_dir(Path(scratch) / part, out / part)
+
+
+def check_description(config: GeneralModelConfig, feeds: Sequence[str], fetches: Sequence[str],
+                      description: str, label: str) -> None:
+    """The description (models/<name>/model.yml) names the feeds and fetches the services use:
+    they must be the patched config's aliases, the fetches in the model's output order."""
+    feed_aliases = sorted(v.alias_name for v in config.feed_var)
+    if sorted(feeds) != feed_aliases:
+        raise ExportError(f"{description}: feeds {sorted(feeds)} do not match the {label}'s feed "
+                          f"aliases {feed_aliases}; fix the description or the prototxt patch")
+    fetch_aliases = [v.alias_name for v in config.fetch_var]
+    if list(fetches) != fetch_aliases:
+        raise ExportError(f"{description}: fetches {list(fetches)} do not match the {label}'s "
+                          f"fetch aliases {fetch_aliases} (in model output order); fix the "
+                          "description or the prototxt patch")
 
 
 def check_local_predictor_contract(config: GeneralModelConfig, label: str) -> None:

@@ -2,8 +2,6 @@
 models/*, each with health endpoints, Prometheus metrics and a graceful stop, kept alive by a
 supervisor."""
 
-import compat  # noqa: F401, I001  # first import of every entry point
-
 import argparse
 import logging
 import os
@@ -14,34 +12,36 @@ import time
 from pathlib import Path
 
 from export import ChecksumError, verify_checksums
-from serving.balance import SharedListener, WorkerSlot
-from serving.config import parse_overrides, render_config, resolve_runtime, write_config
-from serving.errors import markdown_table
-from serving.handler import ModelHandler
-from serving.layout import ROOT, Layout, parse_port_flags, ports_for
-from serving.manager import (Record, ServingError, describe, ensure_serving_folder, launch,
-                             process_alive, running_records, stop_record, wait_ready)
-from serving.options import resolve_options
-from serving.process import configure_process
-from serving.supervisor import run_supervisor, supervisor_pid
+from model import settings
+from model.errors import markdown_table
+from serving.control.layout import ROOT, Layout, parse_port_flags, ports_for
+from serving.control.manager import (
+    Record,
+    ServingError,
+    describe,
+    launch,
+    process_alive,
+    running_records,
+    stop_record,
+    wait_ready,
+)
+from serving.control.prepare import ensure_serving_folder
+from serving.control.supervisor import run_supervisor, supervisor_pid
 
 log = logging.getLogger("serving")
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   python -m serving start                       # both services, default ports, in the background
-  python -m serving start --port peach=28080:29993 --runtime thread_num=1
+  python -m serving start --port peach=28080:29993 --runtime batch_size=8
   python -m serving status
   python -m serving stop                        # supervisor first, then each service drains
   python -m serving run --model peach           # one service in the foreground (Ctrl-C stops)
 
 Ports: --port NAME=HTTP:RPC, else env SERVING_<NAME>_HTTP_PORT / SERVING_<NAME>_RPC_PORT, else
 models/<name>/model.yml. Each HTTP port also serves GET /health/live, /health/ready, /metrics.
-Runtime keys: pipeline ones, serving/config.py (worker_num, build_dag_each_worker,
-is_thread_op, concurrency, thread_num, image_threads, batch_size, auto_batching_timeout,
-ir_optim, use_mkldnn, mem_optim) and service ones, serving/options.py (http_front
-project|upstream, host, drain_timeout_s, max_inflight, reuse_freed_memory, pin_workers,
-free_intermediate_tensors, max_body_bytes, max_images, max_image_bytes, max_image_pixels).
+Runtime keys (--runtime KEY=VALUE, or a `runtime:` section in model.yml; `python -m serving
+settings` explains each): {", ".join(settings.KEYS)}.
 Files: build/serving/<name>/config.yml (rendered), build/logs/<name>.log,
 build/logs/supervisor.log, build/run/<name>.json, build/run/supervisor.pid.
 """
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     patches_dir=args.patches_dir.resolve())
     try:
         return args.command(layout, args)
-    except (ServingError, ValueError) as error:
+    except (ServingError, ValueError) as error:  # SettingsError and ModelSpecError included
         print(f"error: {error}", file=sys.stderr)
         return 1
 
@@ -106,8 +106,7 @@ def _start_supervisor(layout: Layout) -> None:
     log_file = layout.build_dir / "logs" / "supervisor.log"
     command = [sys.executable, "-m", "serving", "supervise", "--models-dir",
                str(layout.models_dir), "--build-dir", str(layout.build_dir)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("a", encoding="utf-8") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -185,46 +184,14 @@ def run(layout: Layout, args: argparse.Namespace) -> int:
                            "(`make models`) if the change is intended.") from None
     log.info("%s: %d model files match their export checksums", spec.name, len(verified))
     ports = ports_for(spec, parse_port_flags(args.port))
-    overrides = parse_overrides(args.runtime)
-    runtime = resolve_runtime(spec, serving_server, overrides)
-    options = resolve_options(spec.runtime, overrides)
-    rendered = render_config(spec, serving_server, runtime, ports.http, ports.rpc)
-    config = write_config(layout.config_file(spec.name), rendered, runtime)
+    resolved = settings.resolve(spec.runtime, settings.parse_pairs(args.runtime))
     workdir = layout.serving_dir(spec.name)
-    os.chdir(workdir)  # the pipeline writes ProcessInfo.json and PipelineServingLogs/ into cwd
+    os.chdir(workdir)  # the pipeline writes PipelineServingLogs/ into cwd
     os.environ.setdefault("SERVING_LOG_PATH", str(workdir))
-    log.info("serving %s on http %d / rpc %d (front %s, host %s) with %s", spec.name, ports.http,
-             ports.rpc, options.http_front, options.host, config)
-    configure_process(runtime, options)
-    handler = ModelHandler(spec, serving_server, options.limits)
-    # The pipeline is imported only now: after SERVING_LOG_PATH is set.
-    from serving.service import build_servicer, run_upstream
+    from serving.service import run_service  # imports the pipeline: after SERVING_LOG_PATH
 
-    if options.http_front == "upstream":
-        os.environ["SERVING_RPC_HOST"] = options.host  # compat fix 6 binds the gRPC port there
-        log.warning("http_front=upstream: Paddle Serving's Go gateway binds every interface on "
-                    "port %d (compiled in) and has no health endpoint", ports.http)
-        run_upstream(handler, config)
-        return 0
-    from serving.host import serve, serve_workers
-
-    workers = runtime.worker_num if runtime.build_dag_each_worker else 1
-
-    def serve_one(http_slot: WorkerSlot | None = None) -> int:
-        # With several workers the fronts open once the model is loaded, so the kernel never
-        # hands a connection to a worker that would answer 503 while the others are ready.
-        return serve(spec.service.name,
-                     lambda clients: build_servicer(handler, rendered, clients), options,
-                     ports.http, ports.rpc, forks=not runtime.is_thread_op or workers > 1,
-                     http_slot=http_slot)
-
-    if workers == 1:
-        return serve_one()
-    # Process ops would fork with the shared socket open, and a killed worker's op processes
-    # would keep the port: they get SO_REUSEPORT, bound after their forks, instead.
-    listener = (SharedListener((options.host, ports.http), workers) if runtime.is_thread_op
-                else None)
-    return serve_workers(workers, serve_one, listener, pin_cores=options.pin_workers)
+    return run_service(spec, serving_server, resolved, ports.http, ports.rpc,
+                       layout.config_file(spec.name))
 
 
 def supervise(layout: Layout, args: argparse.Namespace) -> int:
@@ -233,6 +200,11 @@ def supervise(layout: Layout, args: argparse.Namespace) -> int:
 
 def error_codes(layout: Layout, args: argparse.Namespace) -> int:
     print(markdown_table())
+    return 0
+
+
+def settings_help(layout: Layout, args: argparse.Namespace) -> int:
+    print(settings.help_text())
     return 0
 
 
@@ -251,7 +223,8 @@ def _parser() -> argparse.ArgumentParser:
     served.add_argument("--port", action="append", default=[], metavar="NAME=HTTP:RPC",
                         help="ports of one service (repeatable)")
     served.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
-                        help="config.yml runtime setting for every service (repeatable)")
+                        help="runtime setting for every service (repeatable; `python -m "
+                             "serving settings` lists them)")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("start", parents=[common, served],
@@ -289,6 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("errors", parents=[common],
                        help="print the error codes (err_no, HTTP status, meaning)")
     p.set_defaults(command=error_codes)
+
+    p = sub.add_parser("settings", parents=[common],
+                       help="print the runtime settings (type, default, why)")
+    p.set_defaults(command=settings_help)
     return parser
 
 

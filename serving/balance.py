@@ -3,9 +3,9 @@ by the worker holding the fewest open connections.
 
 Why: with SO_REUSEPORT (upstream's way for build_dag_each_worker, still used for gRPC) the kernel
 hashes every connection to a worker, blind to load: two keep-alive clients land on the same
-worker half of the time and get one core between them (benchmark: 42.9 req/s against 79.9 over
-an evenly spread run). Here every worker waits on the same socket, and a worker with more open
-connections than another ready worker lets that one accept first.
+worker half of the time and get one core between them (docs/benchmarks.md). Here every worker
+waits on the same socket, and a worker with more open connections than another ready worker lets
+that one accept first.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Request: {"key": ["image"] or ["image_0", "image_1", ...], "value": [<base64 image>, ...]}.
 Response: {"err_no": 0, "err_msg": "", "key": [<image key>, ...], "value": [<JSON result>, ...]}
-with each result in the schema of serving.postprocess.
+with each result in the schema of model.postprocess.
 """
 
 from __future__ import annotations

@@ -19,18 +19,18 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.payloads import peach_images, traffic_light_images
 from deploy import image, manifests
 from deploy.netns import terminated_with_parent
 from deploy.podman import image_exists
 from deploy.traffic import OUTCOMES
+from model.spec import ModelSpec
 from serving.protocol import request_items
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK_DIR = ROOT / "build" / "deploy"
 PREFIX = "pvs-test-"  # names of the pods, containers and networks the tests make
 MODELS = {"peach": "peach", "traffic_light": "traffic-light"}  # model -> Deployment name
-IMAGE_SOURCES = {"peach": peach_images, "traffic_light": traffic_light_images}
+
 
 
 def require_tools() -> None:
@@ -61,13 +61,18 @@ def service_name(model: str) -> str:
     return description["service"]["name"]
 
 
+def sample_images(model: str, count: int) -> list[bytes]:
+    """The model's sample JPEGs, as its description names them (`samples:`)."""
+    return ModelSpec.load(ROOT / "models" / model).sample_images(count)
+
+
 def write_bodies(model: str, count: int) -> tuple[Path, list[bytes]]:
     """`count` JSON request bodies of the model's validation images, one image each, in
     build/deploy/bodies/<model>/; also returns the JPEGs."""
     folder = WORK_DIR / "bodies" / model
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    jpegs = IMAGE_SOURCES[model](count)
+    jpegs = sample_images(model, count)
     for index, jpeg in enumerate(jpegs):
         items = request_items([jpeg])
         (folder / f"{index:03d}.json").write_text(
@@ -85,7 +90,6 @@ class Traffic:
                    "--concurrency", str(concurrency), "--seconds", str(seconds),
                    "--warmup", str(warmup)]
         self.process = subprocess.Popen([*(prefix or []), *command], cwd=ROOT,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT)},
                                         stdout=subprocess.PIPE, text=True,
                                         preexec_fn=terminated_with_parent)
         self.counts = dict.fromkeys(OUTCOMES, 0)

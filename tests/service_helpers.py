@@ -15,11 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from serving.manager import group_alive, port_listening
-from serving.protocol import request_items
+from serving.control.manager import group_alive, port_listening
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -72,21 +71,17 @@ class Services:
 
 def in_process_results(models_dir: Path, build_dir: Path, name: str,
                        images: list[bytes]) -> dict[str, list]:
-    """What the service should answer for `images` (one request), computed in this process with
-    the service's own preprocessing, runtime settings and postprocessing."""
-    from serving.config import resolve_runtime
-    from serving.handler import ModelHandler
-    from serving.model_spec import ModelSpec
-    from serving.predictor import InProcessPredictor
+    """What the service should answer for `images` (one request), computed in this process by
+    the model contract with the service's runtime settings."""
+    from model import settings
+    from model.model import Model
+    from model.spec import ModelSpec
+    from serving.protocol import request_items
 
     spec = ModelSpec.load(models_dir / name)
     serving_server = build_dir / "serving" / name / "serving_server"
-    handler = ModelHandler(spec, serving_server).load()
-    predictor = InProcessPredictor(serving_server, spec.fetches,
-                                   resolve_runtime(spec, serving_server))
-    batch = handler.preprocess(request_items(images))
-    return {key: json.loads(value) for key, value in
-            handler.postprocess(batch.keys, predictor(batch.feed)).items()}
+    model = Model(spec, serving_server, settings.resolve(spec.runtime)).load()
+    return {key: json.loads(value) for key, value in model(request_items(images)).items()}
 
 
 def run_client(transport: str, service: str, port: int, *args: str
@@ -95,6 +90,14 @@ def run_client(transport: str, service: str, port: int, *args: str
     return subprocess.run([sys.executable, str(script), "--service", service, "--port", str(port),
                            *args], cwd=ROOT, env=QUIET_ENV, capture_output=True, text=True,
                           timeout=300)
+
+
+def set_runtime(model_folder: Path, **values: object) -> None:
+    """Set keys of the `runtime:` section of a model folder's model.yml."""
+    description = model_folder / "model.yml"
+    raw = yaml.safe_load(description.read_text())
+    raw["runtime"] = {**(raw.get("runtime") or {}), **values}
+    description.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 INFER_CFG = {"mode": "paddle", "arch": "YOLO", "Preprocess": [
@@ -147,6 +150,8 @@ def save_tiny_models(models_dir: Path) -> None:
         (folder / "inference").mkdir(parents=True)
         for file in ("model.yml", "label_list.txt"):
             shutil.copy(ROOT / "models" / name / file, folder / file)
+        if name == "traffic_light":  # a PIR detector: oneDNN off, as for PIR YOLOv3 exports
+            set_runtime(folder, use_mkldnn=False)
         layer.eval()
         static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
         paddle.jit.save(static, str(folder / "inference" / "inference"))

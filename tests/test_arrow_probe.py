@@ -10,6 +10,8 @@ import pytest
 from train import arrow_probe, detector
 from train import traffic_light_data as data
 
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
+
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:

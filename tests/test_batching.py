@@ -1,4 +1,4 @@
-"""Auto-batching policy (serving.service.collect_batches) on upstream's real ThreadChannel: a
+"""Auto-batching policy (serving.pipeline.collect_batches) on upstream's real ThreadChannel: a
 lone client never waits, queued requests share a batch, a partial batch waits only for clients
 whose requests are on the way, and never longer than the timeout."""
 
@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 from paddle_serving_server.pipeline.channel import ChannelData, ChannelDataType, ThreadChannel
 
-from serving.service import collect_batches
+from serving.pipeline import collect_batches
 
 OP = "model"
-LONG = 5.0  # seconds: a timeout no test may sit out
+# seconds: a timeout no test may sit out; a result under half of it did not wait for it, even
+# on a machine busy enough to delay a thread by seconds
+LONG = 10.0
 
 
 def _channel() -> ThreadChannel:
@@ -42,7 +44,7 @@ def test_a_lone_client_never_waits_for_company() -> None:
     _push(channel, 1)
     ids, seconds = _next_batch(channel, 4, LONG, lambda: 1)
     assert ids == [1]
-    assert seconds < LONG / 5
+    assert seconds < LONG / 2
 
 
 def test_queued_requests_share_a_batch_up_to_batch_size() -> None:
@@ -60,8 +62,8 @@ def test_a_partial_batch_waits_for_requests_on_their_way() -> None:
     late.start()
     ids, seconds = _next_batch(channel, 4, LONG, lambda: 3)
     late.join()
-    assert ids == [1, 2, 3]
-    assert 0.2 <= seconds < LONG / 5
+    assert ids == [1, 2, 3]  # it waited for them: they came 0.2 s after it started
+    assert seconds < LONG / 2  # and only for them, not for the timeout
 
 
 def test_a_partial_batch_waits_no_longer_than_the_timeout() -> None:
@@ -69,4 +71,4 @@ def test_a_partial_batch_waits_no_longer_than_the_timeout() -> None:
     _push(channel, 1)
     ids, seconds = _next_batch(channel, 4, 0.3, lambda: 4)
     assert ids == [1]
-    assert 0.3 <= seconds < LONG / 5
+    assert 0.3 <= seconds < LONG / 2

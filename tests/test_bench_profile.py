@@ -6,11 +6,11 @@ from __future__ import annotations
 from bench import profile
 
 OP = "_run_process (paddle_serving_server/pipeline/operator.py:1191)"
-HANDLER = "ModelHandler.preprocess (serving/handler.py:128)"
-DECODE = "decode_checked (serving/handler.py:84)"
-PREDICT = "LocalPredictor.predict (paddle_serving_app/local_predict.py:400)"
+HANDLER = "Model.preprocess (model/model.py:78)"
+DECODE = "decode_checked (model/request.py:63)"
+PREDICT = "PaddleEngine.run (model/engine.py:55)"
 HTTP = "BaseHTTPRequestHandler.handle_one_request (http/server.py:424)"
-BODY = "_parse_body (serving/host.py:417)"
+BODY = "_parse_body (serving/http_front.py:180)"
 
 
 def test_a_sample_goes_to_the_innermost_named_stage() -> None:

@@ -20,8 +20,8 @@ from bench.__main__ import cpu_field, vector_extensions, widest_extension
 from bench.inprocess import Strategy, Workers
 from bench.loadgen import parse_http_response
 from bench.stages import parse
-from serving.layout import Layout
-from serving.manager import ensure_serving_folder
+from serving.control.layout import Layout
+from serving.control.prepare import ensure_serving_folder
 
 MODELS = ("peach", "traffic_light")
 
@@ -107,8 +107,7 @@ def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
     """Upstream's reference gateway has stopped accepting connections mid-run under 32 clients:
     the runs measured so far are kept and the failure is reported, the benchmark goes on."""
     import bench.__main__ as bench_main
-    from bench.payloads import encode_payloads, validation_images
-    from serving.layout import Layout
+    from bench.payloads import encode_payloads
 
     save_tiny_models(tmp_path / "models")
     layout = Layout(tmp_path / "models", tmp_path / "build")
@@ -123,8 +122,9 @@ def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
         return figures
 
     monkeypatch.setattr(bench_main, "measure_served", measure_then_kill)
-    payloads = encode_payloads(validation_images("classification", 2))
-    variant = bench_main.bench_variant(args, layout, "peach", payloads, {})
+    payloads = encode_payloads(layout.spec("peach").sample_images(2))
+    variant = bench_main.bench_variant(args, layout, "peach", payloads, {},
+                                       upstream_gateway=False)
     assert [(run["transport"], run["concurrency"]) for run in variant["runs"]] == [("http", 1)]
     assert variant["stopped_answering"].startswith("http at 2 clients: ConnectionRefusedError")
     report_model = {"inprocess": [], "inprocess_limit": None, "variants": {"project": variant}}
@@ -132,6 +132,7 @@ def test_a_service_that_stops_answering_ends_its_variant_not_the_run(
     assert "STOPPED ANSWERING" in bench_main.report.table({"models": {"peach": report_model}})
 
 
+@pytest.mark.integration
 def test_inprocess_workers_run_several_windows_with_the_model_loaded_once(tmp_path: Path
                                                                           ) -> None:
     """The paired rounds alternate in-process and served windows seconds apart: the same worker

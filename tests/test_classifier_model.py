@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from export.classifier_checkpoint import build_classifier, load_config
-from serving.preprocess import Preprocessor, decode_image
+from model.preprocess import Preprocessor, decode_image
 from train import classifier
 from train.peach_data import LABELS, generate_samples
 
@@ -40,6 +40,7 @@ def predict(folder: Path, images: np.ndarray) -> np.ndarray:
     return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 
+@pytest.mark.integration
 def test_help_works_from_the_command_line() -> None:
     done = subprocess.run([sys.executable, "-m", "train.classifier", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
@@ -105,6 +106,7 @@ def test_short_training_exports_a_model_that_matches_the_dygraph_one(tmp_path: P
 
 # 500 images: on 100 the standard error of a top-1 near 0.96 is ~2 points, too coarse for a
 # 0.95 gate (the first 100 of these give 0.93, all 500 give 0.954).
+@pytest.mark.integration
 def test_shipped_default_reaches_95_percent_on_fresh_images() -> None:
     preprocess = serving_preprocessor()
     samples = list(generate_samples("val", 500, seed=2024))  # not the training seed (0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import sysconfig
 import types
 from pathlib import Path
+
+import pytest
+from upstream import run_python
 
 import compat
 from compat import serving as serving_fixes
@@ -13,14 +15,10 @@ from compat import serving as serving_fixes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_python(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-
-
+@pytest.mark.integration
 def test_legacy_pb2_modules_fail_without_compat_and_load_with_it() -> None:
-    broken = run_python("import paddle_serving_app.proto.general_model_config_pb2")
+    broken = run_python("import paddle_serving_app.proto.general_model_config_pb2",
+                        with_compat=False)
     assert broken.returncode != 0
     assert "Descriptors cannot be created directly" in broken.stderr
 
@@ -42,8 +40,10 @@ def test_pipeline_service_pb2_round_trips() -> None:
     assert pb2.Request.FromString(request.SerializeToString()) == request
 
 
+@pytest.mark.integration
 def test_serving_client_stand_in_explains_itself() -> None:
-    assert run_python("import paddle_serving_client").returncode != 0  # really absent
+    absent = run_python("import paddle_serving_client", with_compat=False)
+    assert "No module named 'paddle_serving_client'" in absent.stderr  # really absent
     import paddle_serving_client
 
     try:
@@ -85,3 +85,19 @@ def test_fixes_report_what_ran() -> None:
     import paddle_serving_app.local_predict  # noqa: F401
 
     assert "paddle_serving_app.local_predict:accept_pir_program_files" in compat.applied
+
+
+def test_the_start_up_hook_is_installed_in_the_venv() -> None:
+    installed = Path(sysconfig.get_path("purelib")) / "paddle_vision_serving_compat.pth"
+    assert installed.read_text() == (ROOT / "compat/paddle_vision_serving_compat.pth").read_text()
+
+
+@pytest.mark.integration
+def test_an_upstream_style_script_works_in_the_venv_without_importing_the_project() -> None:
+    """What PaddleClas's deploy/paddleserving/pipeline_rpc_client.py does first."""
+    script = ("from paddle_serving_server.pipeline import PipelineClient\n"
+              "client = PipelineClient()\nprint('client ready')\n")
+    upstream = run_python(script, with_compat=False)
+    assert "Descriptors cannot be created directly" in upstream.stderr
+    fixed = run_python(script)
+    assert fixed.returncode == 0 and fixed.stdout.strip() == "client ready", fixed.stderr

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-import compat  # noqa: F401  # the fix under test
+import pytest
+from upstream import run_python
+
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_arch_package_imports_without_the_faiss_wrapper() -> None:
-    stock = subprocess.run([sys.executable, "-c", "import paddleclas.ppcls.arch"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+    stock = run_python("import paddleclas.ppcls.arch", with_compat=False)
     assert stock.returncode != 0  # paddleclas/__init__.py -> predict_system.py: import faiss
     assert "No module named 'faiss'" in stock.stderr
 

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
+from upstream import run_python
 
 import compat
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
 
 # numpy 2.2 only warns where numpy >= 2.4 raises: make the warning the failure it becomes
 STRICT_NUMPY = "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
 
 
 def run_without_compat(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return run_python(code, with_compat=False)
 
 
 YOLO_TARGET = """

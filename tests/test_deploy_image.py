@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import pytest
 from deploy_helpers import (
-    IMAGE_SOURCES,
     MODELS,
     PREFIX,
     ROOT,
@@ -21,6 +20,7 @@ from deploy_helpers import (
     Traffic,
     local_deployments,
     require_tools,
+    sample_images,
     service_name,
     show,
     write_bodies,
@@ -148,7 +148,7 @@ def test_the_pod_runs_as_the_manifest_says(pod: Pod) -> None:
 
 def test_the_pod_answers_as_in_process(pod: Pod) -> None:
     service = service_name(pod.model)
-    jpegs = IMAGE_SOURCES[pod.model](ANSWERED_IMAGES)
+    jpegs = sample_images(pod.model, ANSWERED_IMAGES)
     url = http_url(pod.address, pod.port("http"), service)
     for jpeg in jpegs:
         answer = post_http(url, request_items([jpeg]), timeout=30)

@@ -12,7 +12,7 @@ import pytest
 
 from deploy import image, manifests
 from deploy.containerfile import declared_image, instructions
-from serving.options import SERVICE_DEFAULTS
+from model.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP_MARGIN_S = 5  # after the drain: stopping the worker threads and exiting
@@ -95,8 +95,7 @@ def test_grace_period_covers_prestop_and_the_drain(rendered) -> None:
         spec = manifests.container(deployment)
         command = spec["lifecycle"]["preStop"]["exec"]["command"]
         assert command[0] == "sleep"
-        drain = int(_runtime(spec["args"]).get("drain_timeout_s",
-                                               SERVICE_DEFAULTS["drain_timeout_s"]))
+        drain = int(_runtime(spec["args"]).get("drain_timeout_s", Settings().drain_timeout_s))
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= int(command[1]) + drain + STOP_MARGIN_S
 

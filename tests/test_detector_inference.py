@@ -1,7 +1,7 @@
 """The detector's training entry point, its export, and the shipped default model.
 
 Everything runs the real pieces: ppdet's Trainer, PaddleDetection-style export, paddle.inference
-and serving/preprocess.py replaying the exported infer_cfg.yml (as the service does).
+and model/preprocess.py replaying the exported infer_cfg.yml (as the service does).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ppdet.engine import Trainer
 from ppdet.metrics.map_utils import DetectionMAP
 
 from export.detector_checkpoint import export_inference_model
-from serving.preprocess import Preprocessor, Sample
+from model.preprocess import Preprocessor, Sample
 from train import detector
 from train import traffic_light_data as data
 
@@ -104,6 +104,7 @@ def test_training_smoke_writes_checkpoint_curve_metrics_and_export(smoke_run: Pa
         "inference.pdmodel", "inference.pdiparams", "infer_cfg.yml"}
 
 
+@pytest.mark.integration
 def test_cli_help() -> None:
     result = subprocess.run([sys.executable, "-m", "train.detector", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -149,7 +150,7 @@ def test_exported_model_detects_what_the_dygraph_model_detects(smoke_run: Path,
 
 @pytest.mark.slow
 def test_served_preprocessing_equals_ppdet_eval_reader(smoke_run: Path) -> None:
-    """infer_cfg.yml replayed by serving/preprocess.py feeds what ppdet's evaluation fed."""
+    """infer_cfg.yml replayed by model/preprocess.py feeds what ppdet's evaluation fed."""
     exported = smoke_run / "model" / "inference"
     eval_transforms = Compose(load_config(str(detector.DEFAULT_CONFIG))["EvalReader"]
                               ["sample_transforms"])
@@ -162,6 +163,7 @@ def test_served_preprocessing_equals_ppdet_eval_reader(smoke_run: Path) -> None:
         np.testing.assert_allclose(sample.scale_factor, reference["scale_factor"], rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_stock_roadsign_config_exports_and_serves(tmp_path: Path) -> None:
     """The stock architecture (MobileNetV1 x1.0, YOLOv3FPN, 608) through the same interface."""
     exported = export_inference_model(STOCK_CONFIG, None, tmp_path / "inference")

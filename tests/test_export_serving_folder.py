@@ -21,6 +21,7 @@ from export.model_io import find_inference_model
 from export.serving_folder import CLIENT_CONF, SERVER_CONF, SERVING_TYPE_CODES, stream_twin
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
 FORMATS = ("legacy", "pir")
 
 # Two toys with the served models' interfaces: a 4-class softmax classifier on `x`, and a
@@ -202,6 +203,26 @@ def test_cli_logs_what_it_read_patched_and_wrote(tiny_models: dict[str, Path], t
     assert "read PIR model" in done.stderr
     assert '"fetch_name_0" -> "prediction"' in done.stderr
     assert f"wrote {tmp_path}/serving_server/serving_server_conf.prototxt" in done.stderr
+
+
+def test_cli_checks_the_patched_aliases_against_the_description(
+        tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """--model: the description's feeds and fetches must be the patched config's aliases."""
+    source = str(tiny_models["pir/classifier"])
+    args = ["--patch", "prototxt_patches/peach.yml", "--model", "models/peach"]
+    matching = run_cli(source, *args, "--out", str(tmp_path / "ok"))
+    assert matching.returncode == 0, matching.stderr
+    assert "feeds and fetches match" in matching.stderr
+    description = tmp_path / "described"
+    description.mkdir()
+    (description / "label_list.txt").write_text("0 a\n1 b\n")
+    (description / "model.yml").write_text((ROOT / "models/peach/model.yml").read_text()
+                                           .replace("fetches: [prediction]", "fetches: [probs]"))
+    refused = run_cli(source, "--patch", "prototxt_patches/peach.yml", "--model",
+                      str(description), "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 2
+    assert (f"{description}/model.yml: fetches ['probs'] do not match the serving config's "
+            "fetch aliases ['prediction']") in refused.stderr
 
 
 @pytest.mark.parametrize(

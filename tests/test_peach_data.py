@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.preprocess import decode_image
+from model.preprocess import decode_image
 from train.peach_data import (
     CROP,
     FRAME,

@@ -1,4 +1,4 @@
-"""build_dag_each_worker with the project's front (serving.host.serve_workers): worker_num whole
+"""build_dag_each_worker with the project's front (serving.workers.serve_workers): worker_num whole
 services in forked processes sharing both ports. Connections must reach every worker, a worker
 that dies must take the service down (so the supervisor restarts it), workers must not outlive
 a killed parent, stop must leave nothing."""
@@ -19,8 +19,8 @@ import pytest
 from service_helpers import Services, save_tiny_models
 
 from bench.procstats import group_pids
-from serving.cores import core_share
-from serving.manager import free_ports, group_alive
+from model.process import core_share
+from serving.control.manager import free_ports, group_alive
 from serving.protocol import request_items
 
 pytestmark = pytest.mark.service

@@ -31,10 +31,10 @@ import pytest
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
 from service_helpers import Services, save_tiny_models
 
-from serving.layout import Layout
-from serving.manager import Record, free_ports, running_records
+from bench.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
+from serving.control.layout import Layout
+from serving.control.manager import Record, free_ports, running_records
 from serving.protocol import decode_results, get_json, health_url, request_items
-from serving.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
 
 pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")

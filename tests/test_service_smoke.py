@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from service_helpers import ROOT, Services, in_process_results, run_client
 
-from serving.manager import free_ports
+from serving.control.manager import free_ports
 from serving.protocol import http_url, post_http
 
 pytestmark = pytest.mark.service

@@ -26,10 +26,11 @@ from service_helpers import (
 
 from bench import stages
 from bench.loadgen import parse_http_response
-from serving.host import PUBLISH_EVERY_S
-from serving.manager import INPUTS_FILE, free_ports
-from serving.model_spec import ModelSpec
+from model.spec import ModelSpec
+from serving.control.manager import free_ports
+from serving.control.prepare import INPUTS_FILE
 from serving.protocol import decode_results, http_url, post_http, request_items
+from serving.service_metrics import PUBLISH_EVERY_S
 
 pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")
@@ -92,7 +93,8 @@ def test_start_wrote_config_logs_and_records(services: Services) -> None:
         serving_dir = services.build_dir / "serving" / name
         config = yaml.safe_load((serving_dir / "config.yml").read_text())
         assert (config["http_port"], config["rpc_port"]) == services.ports[name]
-        assert config["op"][name]["local_service_conf"]["client_type"] == "local_predictor"
+        assert config["op"][name]["batch_size"] == 4
+        assert "model_config" not in config["op"][name]["local_service_conf"]  # no LocalPredictor
         assert (serving_dir / "PipelineServingLogs" / "pipeline.log").is_file()
         assert (services.build_dir / "logs" / f"{name}.log").is_file()
     assert sorted(r["name"] for r in services.records()) == sorted(MODELS)
@@ -265,9 +267,9 @@ def test_clients_json_output_exit_codes_and_drawings(
 
 @pytest.mark.parametrize(("manifest", "words"), [
     ("kept", "model files do not match model_checksums.sha256: modified: inference.pdiparams"),
-    # checksums rewritten to match: the corruption reaches predictor creation, which fails, and
-    # LocalPredictor SIGKILLs its process group.
-    ("rewritten", "failed to create predictor"),
+    # checksums rewritten to match: the corruption reaches the engine's creation, which fails,
+    # and the worker exits with the reason in its log.
+    ("rewritten", "peach: cannot load the model from"),
 ])
 def test_failed_start_reports_the_log_and_leaves_nothing(
         services: Services, tmp_path: Path, manifest: str, words: str) -> None:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from upstream import run_python
 
 from compat import serving as serving_fixes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env})
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
 
 
 class _FakeStub:
@@ -55,7 +48,6 @@ def test_grpc_server_binds_the_configured_host(monkeypatch: pytest.MonkeyPatch) 
 
 
 LISTEN_ON_PORT = """
-import compat
 from concurrent import futures
 from pathlib import Path
 from paddle_serving_server.pipeline import pipeline_server
@@ -81,7 +73,6 @@ def test_rpc_listener_address(host: str | None, wildcard: bool) -> None:
 
 def test_pipeline_import_leaves_the_programs_logging_alone(tmp_path: Path) -> None:
     code = """
-import compat
 import logging, sys
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="OURS %(name)s %(message)s")
 mine = logging.getLogger("mine")

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from service_helpers import ROOT, save_tiny_models
 
-from serving.layout import Layout
-from serving.manager import INPUTS_FILE, ensure_serving_folder
+from serving.control.layout import Layout
+from serving.control.prepare import INPUTS_FILE, ensure_serving_folder
+
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import pytest
 
 from train import __main__ as runner
 
+pytestmark = pytest.mark.integration  # a child interpreter or a real model each
+
 
 def test_last_line_follows_progress_bars(tmp_path: Path) -> None:
     log = tmp_path / "x.log"

@@ -2,7 +2,7 @@
 
 Trained from scratch inside the detector, the x0.25 MobileNetV1 learns lamp colours but never
 which way an arrow points (train.arrow_probe: Left/Right at chance at every level). Measured on
-crops (session 4): the same backbone learns direction in a few hundred iterations when the task
+crops (docs/models.md): the same backbone learns direction in a few hundred iterations when the task
 is only Left vs Right on a crop around the lit lamp, placed up to `jitter_px` off-centre so the
 features do not depend on where the lamp sits. It stays at chance on whole-housing crops, with
 the 8 classes at once (colour is learnt first), and with heads on the deeper levels as well
@@ -26,7 +26,7 @@ import numpy as np
 import paddle
 from ppdet.core.workspace import create
 
-from serving.preprocess import Preprocessor
+from model.preprocess import Preprocessor
 from train.arrow_probe import arrow_scenes
 
 LOG = partial(print, flush=True)

@@ -11,9 +11,6 @@ direction and the network has not learned it.
 
 from __future__ import annotations
 
-import compat  # noqa: F401  # first: upstream fixes
-
-# isort: split
 import argparse
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from ppdet.core.workspace import create, load_config
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from serving.preprocess import Preprocessor
+from model.preprocess import Preprocessor
 from train import traffic_light_data as data
 
 CROP_PX = 12

@@ -14,9 +14,6 @@ horizontal flips and mild colour jitter.
 
 from __future__ import annotations
 
-import compat  # noqa: F401  # first import of this entry point: grpc before paddle, fixes
-
-# isort: split
 import argparse
 import json
 import logging
@@ -35,7 +32,7 @@ import yaml
 from tqdm import tqdm
 
 from export.classifier_checkpoint import build_classifier, export_inference_model, load_config
-from serving.preprocess import Preprocessor, decode_image
+from model.preprocess import Preprocessor, decode_image
 from train import peach_data
 from train.common import seed_everything
 from train.peach_data import read_class_list, read_label_list, write_dataset

@@ -10,9 +10,6 @@ default inference model and records how it was made in metrics.json beside it.
 
 from __future__ import annotations
 
-import compat  # noqa: F401  # first: upstream fixes
-
-# isort: split
 import argparse
 import dataclasses
 import json

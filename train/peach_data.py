@@ -191,6 +191,12 @@ def generate_samples(split: str, count: int, seed: int) -> Iterator[GeneratedSam
         yield GeneratedSample(f"{split}/{label}/{index:05d}.jpg", label, spec, jpeg, mask)
 
 
+def validation_jpegs(count: int) -> list[bytes]:
+    """The first `count` validation images of the default dataset (seed 0): the sample images
+    of models/peach/model.yml."""
+    return [sample.jpeg for sample in generate_samples("val", count, seed=0)]
+
+
 def write_dataset(out: Path, train_count: int, val_count: int, seed: int,
                   contact_sheet_count: int = 32) -> Path:
     """Writes the folders, the three list files and contact_sheet.png; returns `out`."""

@@ -249,19 +249,37 @@ def _write_split(root: Path, split: SplitSpec, seed: int) -> list[str]:
     """Writes one split's images and XML files; returns its list lines."""
     (root / split.name / "images").mkdir(parents=True, exist_ok=True)
     (root / split.name / "annotations" / "xmls").mkdir(parents=True, exist_ok=True)
-    split_key = sum(map(ord, split.name))  # independent streams per split and per image
     lines = []
     for index in tqdm(range(split.count), desc=f"traffic lights {split.name}", unit="img"):
-        rng = np.random.default_rng([seed, split_key, index])
-        image, lights = render_scene(rng, split.difficulty)
+        jpeg, (width, height), lights = split_sample(seed, split, index)
         stem = f"{index:06d}"
         image_rel = f"{split.name}/images/{stem}.jpg"
         xml_rel = f"{split.name}/annotations/xmls/{stem}.xml"
-        cv2.imwrite(str(root / image_rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(85, 96))])
-        voc_xml(f"{stem}.jpg", image.shape[1], image.shape[0], lights).write(root / xml_rel)
+        (root / image_rel).write_bytes(jpeg)
+        voc_xml(f"{stem}.jpg", width, height, lights).write(root / xml_rel)
         lines.append(f"{image_rel} {xml_rel}\n")
     return lines
+
+
+def split_sample(seed: int, split: SplitSpec, index: int
+                 ) -> tuple[bytes, tuple[int, int], list[Light]]:
+    """Image `index` of a split: (JPEG bytes, (width, height), lights), from its own random
+    stream (independent per split and per image)."""
+    rng = np.random.default_rng([seed, sum(map(ord, split.name)), index])
+    image, lights = render_scene(rng, split.difficulty)
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(85, 96))])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return jpeg.tobytes(), (image.shape[1], image.shape[0]), lights
+
+
+def validation_jpegs(count: int) -> list[bytes]:
+    """The first `count` images of the default dataset's `valid` split, byte for byte as its
+    files hold them: the sample images of models/traffic_light/model.yml."""
+    spec = DatasetSpec()
+    valid = next(split for split in spec.splits() if split.name == "valid")
+    return [split_sample(spec.seed, valid, index)[0] for index in range(count)]
 
 
 def draw_boxes(image: np.ndarray, lights: list[Light]) -> np.ndarray:

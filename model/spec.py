@@ -1,17 +1,22 @@
 """A model's declarative description (models/<name>/model.yml) as a typed, validated object.
 
 Every path in the file is relative to the model folder, so tests can point at a temporary folder
-laid out like models/<name>/. The serve stage reads nothing else about a model.
+laid out like models/<name>/. The export, serve and benchmark stages read nothing else about a
+model.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from model import settings
 
 DESCRIPTION_FILE = "model.yml"
 TASKS = ("classification", "detection")
@@ -31,7 +36,7 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class PostprocessSpec:
-    type: str  # a key of serving.postprocess.POSTPROCESSORS
+    type: str  # a key of model.postprocess.POSTPROCESSORS
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,7 +54,8 @@ class ModelSpec:
     fetches: tuple[str, ...]  # fetch aliases in model output order
     postprocess: PostprocessSpec
     service: ServiceSpec
-    runtime: dict[str, Any] = field(default_factory=dict)  # optional config.yml overrides
+    runtime: dict[str, Any] = field(default_factory=dict)  # keys of model.settings.Settings
+    samples: str = ""  # "module:function" making sample JPEGs: f(count) -> list[bytes]
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:
@@ -80,6 +86,11 @@ class ModelSpec:
         post = dict(need("postprocess"))
         service = need("service")
         preprocess = need("preprocess")
+        runtime = dict(raw.get("runtime") or {})
+        try:
+            settings.resolve(runtime)
+        except settings.SettingsError as error:
+            raise ModelSpecError(f"{source}: runtime: {error}") from None
         return cls(
             folder=folder,
             name=str(need("name")),
@@ -94,21 +105,40 @@ class ModelSpec:
             postprocess=PostprocessSpec(type=post.pop("type"), params=post),
             service=ServiceSpec(name=str(service["name"]), http_port=int(service["http_port"]),
                                 rpc_port=int(service["rpc_port"])),
-            runtime=dict(raw.get("runtime") or {}),
+            runtime=runtime,
+            samples=str(raw.get("samples", "")),
         )
 
-    def preprocess_steps(self, serving_server: Path | None = None) -> list[dict[str, Any]]:
+    def preprocess_steps(self, model_dir: Path | None = None) -> list[dict[str, Any]]:
         """The preprocessing steps; a file reference (PaddleDetection's infer_cfg.yml) is read
-        from the serving folder when it holds a copy, else from the inference model folder."""
+        from the model folder being served (model_dir) when it holds a copy, else from the
+        inference model folder."""
         if not isinstance(self.preprocess, str):
             return [dict(step) for step in self.preprocess]
-        candidates = [d / self.preprocess for d in (serving_server, self.inference_dir) if d]
+        candidates = [d / self.preprocess for d in (model_dir, self.inference_dir) if d]
         for candidate in candidates:
             if candidate.is_file():
                 infer_cfg = yaml.safe_load(candidate.read_text(encoding="utf-8"))
                 return [dict(step) for step in infer_cfg["Preprocess"]]
         raise ModelSpecError(f"{self.name}: preprocessing file {self.preprocess!r} not found in "
                              f"{[str(c.parent) for c in candidates]}")
+
+
+    def sample_images(self, count: int) -> list[bytes]:
+        """`count` sample JPEGs from the generator the description names (`samples:`), for
+        benchmarks and tests."""
+        return _sample_generator(self.samples, self.name)(count)
+
+
+def _sample_generator(reference: str, model: str) -> Callable[[int], list[bytes]]:
+    module_name, _, function = reference.partition(":")
+    if not (module_name and function):
+        raise ModelSpecError(f"{model}: no sample images: set `samples: module:function` in its "
+                             "model.yml (a function of count returning JPEG bytes)")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise ModelSpecError(f"{model}: samples {reference!r} cannot be loaded: {error}") from None
 
 
 _ID_NAME = re.compile(r"^\s*(\d+)\s+(\S.*?)\s*$")

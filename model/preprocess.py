@@ -41,8 +41,7 @@ Step = Callable[[Sample], Sample]
 def use_image_threads(count: int) -> None:
     """Threads OpenCV may use per call for decoding and resizing (its default: every core). A
     service runs one worker per core, so extra threads only compete with the other worker and
-    spin between calls: 4 traffic-light scenes took 21.2 ms of CPU with 1 thread against 27.4 ms
-    with 2, in the same 21 ms of wall time (docs/benchmarks.md)."""
+    spin between calls (docs/benchmarks.md measures it)."""
     cv2.setNumThreads(count)
 
 

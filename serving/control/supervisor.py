@@ -1,9 +1,9 @@
 """The supervisor `python -m serving start` leaves running (`python -m serving supervise`): it
 polls every service's readiness once a second and restarts a service whose process died or that
 stayed unready for FAILURES_BEFORE_RESTART polls, with the ports and runtime it had. It runs in its
-own session (not the services': LocalPredictor SIGKILLs its own process group on a failed
-predictor creation), records its pid in build/run/supervisor.pid, and exits on SIGTERM without
-touching the services (`python -m serving stop` stops it first, then them).
+own session (not the services', whose process groups a stop kills), records its pid in
+build/run/supervisor.pid, and exits on SIGTERM without touching the services (`python -m serving
+stop` stops it first, then them).
 """
 
 from __future__ import annotations
@@ -18,10 +18,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.layout import Layout, Ports
-from serving.manager import Record, launch, process_alive, readiness, running_records, stop_record
+from serving.control.layout import Layout, Ports
+from serving.control.manager import (
+    Record,
+    launch,
+    process_alive,
+    readiness,
+    running_records,
+    stop_record,
+)
 
-log = logging.getLogger("serving.supervisor")
+log = logging.getLogger(__name__)
 POLL_S = 1.0
 FAILURES_BEFORE_RESTART = 2  # consecutive unready polls (a dead process restarts at once)
 START_GRACE_S = 300.0  # a restarted service may be unready this long while it loads

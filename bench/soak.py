@@ -1,4 +1,4 @@
-"""Load test of the running services (`python -m serving.soak`, `make soak`): N requests at
+"""Load test of the running services (`python -m bench.soak`, `make soak`): N requests at
 concurrency C, mixed over HTTP and gRPC and over every running service, each answer compared with
 the result computed in this process (same preprocessing, Paddle Inference with the service's
 runtime). Reports lost and wrong answers, throughput, latency and each service's RSS before/after;
@@ -6,8 +6,6 @@ exits 1 if any request was lost or wrong.
 
 "lost": no answer (connection error, timeout) or an error answer to a valid request.
 """
-
-import compat  # noqa: F401, I001  # first import of every entry point
 
 import argparse
 import http.client
@@ -28,8 +26,10 @@ import grpc
 import numpy as np
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
 
-from serving.layout import ROOT, Layout
-from serving.manager import Record, running_records
+from model import settings
+from model.model import Model
+from serving.control.layout import ROOT, Layout
+from serving.control.manager import Record, running_records
 from serving.protocol import decode_results, request_items
 
 SCORE_TOLERANCE = 1e-4
@@ -57,33 +57,25 @@ class Case:
     expected: dict[str, list]
 
 
-def expected_results(layout: Layout, record: Record, images: Sequence[bytes]
-                     ) -> dict[str, list]:
-    """The in-process reference: the service's preprocessing and model, its runtime settings."""
-    from serving.config import parse_overrides, resolve_runtime
-    from serving.handler import ModelHandler
-    from serving.predictor import InProcessPredictor
-
+def reference_model(layout: Layout, record: Record) -> Model:
+    """The in-process reference: the service's model, with the runtime settings it runs with."""
     spec = layout.spec(record.name)
-    serving_server = layout.serving_server(record.name)
-    runtime = resolve_runtime(spec, serving_server, parse_overrides(list(record.runtime)))
-    handler = ModelHandler(spec, serving_server).load()
-    predictor = InProcessPredictor(serving_server, spec.fetches, runtime)
-    batch = handler.preprocess(request_items(list(images)))
-    return {key: json.loads(value) for key, value in
-            handler.postprocess(batch.keys, predictor(batch.feed)).items()}
+    resolved = settings.resolve(spec.runtime, settings.parse_pairs(record.runtime))
+    return Model(spec, layout.serving_server(record.name), resolved).load()
 
 
 def build_cases(layout: Layout, records: Sequence[Record], variants: int = 6) -> list[Case]:
     """Per service: single images and pairs of different sizes."""
     cases = []
     for record in records:
+        model = reference_model(layout, record)
         for index in range(variants):
             count = 1 + index % 2
             images = [synthetic_jpeg(*IMAGE_SIZES[(index + k) % len(IMAGE_SIZES)], index * 10 + k)
                       for k in range(count)]
-            cases.append(Case(record.service, request_items(images),
-                              expected_results(layout, record, images)))
+            items = request_items(images)
+            expected = {key: json.loads(value) for key, value in model(items).items()}
+            cases.append(Case(record.service, items, expected))
     return cases
 
 
@@ -250,7 +242,7 @@ def rss_bytes(pgid: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.soak", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000, help="total (default 20000)")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight (default 32)")

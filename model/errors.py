@@ -1,7 +1,8 @@
-"""The services' stable error codes: what a client sees in `err_no`/`err_msg`, and the HTTP status
-the project's HTTP front answers with. Codes keep Paddle Serving's ranges (pipeline/error_catch.py:
-3000s service, 5000s user input, 6000 timeout, 10000 other), so upstream clients keep working;
-5000 stays the generic "bad request". Never renumber a code: clients match on them.
+"""The stable error codes of a prediction: what a client sees in `err_no`/`err_msg`, and the HTTP
+status the project's HTTP front answers with. Codes keep Paddle Serving's ranges (3000s service,
+5000s user input, 6000 timeout, 10000 other, as its pipeline/error_catch.py numbers them), so
+upstream clients keep working; 5000 stays the generic "bad request". Never renumber a code:
+clients match on them.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ BY_NUMBER = {code.err_no: code for code in CODES}
 OK = 0
 
 
-class ServiceError(Exception):
-    """A request the service refuses; `code` is one of CODES."""
+class RequestError(Exception):
+    """A request the model or its service refuses; `code` is one of CODES."""
 
     def __init__(self, name: str, message: str):
         super().__init__(message)

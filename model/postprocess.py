@@ -49,7 +49,7 @@ class TopK(Postprocessor):
 class Detection(Postprocessor):
     """NMS output [M, 6] (class, score, x1, y1, x2, y2) for the whole batch plus the per-image box
     counts [N] -> thresholded, score-sorted boxes per image. The counts, not a LoD, split the batch:
-    the exported models carry no LoD (see the field notes)."""
+    the exported NMS outputs carry no LoD at run time (prototxt_patches/traffic_light.yml)."""
 
     def __init__(self, labels: Sequence[str], fetches: Sequence[str],
                  score_threshold: float = 0.5):

@@ -1,40 +1,37 @@
 """Start, stop and inspect the background services (`python -m serving start|stop|status`).
 
 Each service is `python -m serving run --model NAME` in its own session, hence its own process
-group: LocalPredictor SIGKILLs its whole process group when predictor creation fails
-(paddle_serving_app/local_predict.py:236,294), and stopping means signalling that group. Its
-working dir is build/serving/<name>/ (the pipeline writes ProcessInfo.json and
-PipelineServingLogs/ into it), its output goes to build/logs/<name>.log, and a JSON record in
-build/run/<name>.json says what to stop. A supervisor (serving.supervisor) watches the services'
-readiness and restarts dead ones. Stopping sends SIGTERM to the service process only (it drains
-its in-flight requests, then stops its op processes), and SIGKILLs the group only if it lingers.
+group, which holds its worker and op processes: whatever is left of the group after a stop is
+killed with it. Its working dir is build/serving/<name>/ (the pipeline writes PipelineServingLogs/
+into it), its output goes to build/logs/<name>.log, and a JSON record in build/run/<name>.json
+says what to stop. A supervisor (serving.control.supervisor) watches the services' readiness and
+restarts dead ones. Stopping sends SIGTERM to the service process only (it drains its in-flight
+requests, then stops its workers), and SIGKILLs the group only if it lingers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from serving.layout import ROOT, Layout, Ports
-from serving.model_spec import ModelSpec
-from serving.options import SERVICE_DEFAULTS
+from model.settings import Settings
+from model.spec import ModelSpec
+from serving.control.layout import Layout, Ports
 from serving.protocol import get_json, health_url, http_url, post_http, probe_image, request_items
 
 LOG_TAIL_LINES = 40
 READY_POLL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
-STOP_GRACE_S = SERVICE_DEFAULTS["drain_timeout_s"] + 5.0  # the service's drain, plus exit time
+STOP_GRACE_S = Settings().drain_timeout_s + 5.0  # the service's drain, plus exit time
 
 
 class ServingError(RuntimeError):
@@ -50,16 +47,11 @@ class Record:
     rpc_port: int
     log: str
     started_at: float
-    front: str = "project"  # runtime http_front: project (health endpoints) or upstream
     runtime: tuple[str, ...] = ()  # the --runtime pairs it was started with (for restarts)
 
     @property
     def url(self) -> str:
         return http_url("127.0.0.1", self.http_port, self.service)
-
-    @property
-    def has_health(self) -> bool:
-        return self.front == "project"
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,8 +59,10 @@ class Record:
 
     @classmethod
     def load(cls, path: Path) -> Record:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{**fields, "runtime": tuple(fields.get("runtime", ()))})
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}  # records of older versions may hold more
+        return cls(**{k: v for k, v in saved.items() if k in known - {"runtime"}},
+                   runtime=tuple(saved.get("runtime", ())))
 
 
 def process_alive(pid: int) -> bool:
@@ -126,64 +120,15 @@ def predict_once(record: Record, timeout: float = 10.0) -> tuple[dict, float]:
 
 
 def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
-    """None when the service is ready, else why not: GET /health/ready on the project front, a
-    real prediction on the upstream one (it has no health endpoint)."""
+    """None when the service is ready (GET /health/ready answers 200), else why not."""
     try:
-        if record.has_health:
-            status, body = get_json(health_url("127.0.0.1", record.http_port), timeout)
-            return None if status == 200 else f"HTTP {status}: {body.get('reason', body)}"
-        response, _ = predict_once(record, timeout)
+        status, body = get_json(health_url("127.0.0.1", record.http_port), timeout)
     except OSError as error:
         return f"not answering ({error})"
-    if response.get("err_no") == 0:
-        return None
-    return f"err_no {response.get('err_no')}: {response.get('err_msg')}"
+    return None if status == 200 else f"HTTP {status}: {body.get('reason', body)}"
 
 
 # --- start ---------------------------------------------------------------------------------------
-
-
-INPUTS_FILE = "export_inputs.sha256"  # in build/serving/<name>/: what the folders were built from
-
-
-def export_inputs_digest(layout: Layout, spec: ModelSpec) -> str:
-    """sha256 over everything the export stage reads: the inference model files, the prototxt
-    patch, and the export code itself."""
-    files = [*sorted(p for p in spec.inference_dir.rglob("*") if p.is_file()),
-             layout.patch_file(spec),
-             *sorted((ROOT / "export").glob("*.py"))]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(f"{path.name}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def ensure_serving_folder(layout: Layout, spec: ModelSpec) -> bool:
-    """Build build/serving/<name>/ with the export stage when it is missing or was built from
-    other inputs (a retrained model, an edited patch); True if it (re)built."""
-    if not spec.inference_dir.is_dir():
-        raise ServingError(f"[{spec.name}] no inference model at {spec.inference_dir}: train the "
-                           "default models (`make train`) or put an exported model there")
-    serving_dir = layout.serving_dir(spec.name)
-    wanted = export_inputs_digest(layout, spec)
-    record = serving_dir / INPUTS_FILE
-    built = (layout.serving_server(spec.name) / "serving_server_conf.prototxt").is_file()
-    if built and record.is_file() and record.read_text().strip() == wanted:
-        return False
-    for stale in ("serving_server", "serving_client"):
-        shutil.rmtree(serving_dir / stale, ignore_errors=True)
-    command = [sys.executable, "-m", "export", str(spec.inference_dir),
-               "--patch", str(layout.patch_file(spec)),
-               "--out", str(serving_dir)]
-    reason = "its inputs changed" if built else "missing"
-    print(f"[{spec.name}] building the serving folder ({reason}): {' '.join(command)}",
-          flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise ServingError(f"[{spec.name}] export failed (exit {done.returncode}):\n"
-                           f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    record.write_text(wanted + "\n")
-    return True
 
 
 def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
@@ -200,8 +145,7 @@ def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
                "--models-dir", str(layout.models_dir), "--build-dir", str(layout.build_dir),
                "--port", f"{spec.name}={ports.http}:{ports.rpc}",
                *(f"--runtime={pair}" for pair in runtime)]
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path, "SERVING_LOG_PATH": str(workdir),
+    env = {**os.environ, "SERVING_LOG_PATH": str(workdir),
            "PYTHONUNBUFFERED": "1"}
     with log.open("w", encoding="utf-8") as out:
         out.write(f"$ {' '.join(command)}\n")
@@ -209,11 +153,9 @@ def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
-    front = dict(pair.partition("=")[::2] for pair in runtime).get(
-        "http_front", spec.runtime.get("http_front", SERVICE_DEFAULTS["http_front"]))
     record = Record(name=spec.name, service=spec.service.name, pid=process.pid,
                     http_port=ports.http, rpc_port=ports.rpc, log=str(log),
-                    started_at=time.time(), front=str(front), runtime=runtime)
+                    started_at=time.time(), runtime=runtime)
     record.save(layout.pid_file(spec.name))
     return record, process
 
@@ -253,10 +195,8 @@ def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S,
     how = "was not running"
     if group_alive(record.pid):
         how = "killed" if kill else "stopped"
-        if not kill and record.has_health:
+        if not kill:
             _signal_process(record.pid, signal.SIGTERM)
-        elif not kill:  # the upstream server has no drain: stop its gateway process too
-            _signal_group(record.pid, signal.SIGTERM)
         if kill or not _wait(lambda: not group_alive(record.pid), grace):
             if not kill:
                 how = f"killed (no exit {grace:.0f} s after SIGTERM)"
@@ -296,9 +236,8 @@ def describe(record: Record) -> str:
         return f"{record.name}: DEAD (record left by a crash; `python -m serving stop` clears it)"
     reason = readiness(record, timeout=5.0)
     health = "ready" if reason is None else f"NOT READY: {reason}"
-    lines = [f"{record.name}: running, pid {record.pid}, {health}",
-             f"    http {record.url}", f"    rpc  127.0.0.1:{record.rpc_port}"]
-    if record.has_health:
-        lines.append(f"    health {health_url('127.0.0.1', record.http_port)}, metrics "
-                     f"http://127.0.0.1:{record.http_port}/metrics")
-    return "\n".join([*lines, f"    log  {record.log}"])
+    return "\n".join([f"{record.name}: running, pid {record.pid}, {health}",
+                      f"    http {record.url}", f"    rpc  127.0.0.1:{record.rpc_port}",
+                      f"    health {health_url('127.0.0.1', record.http_port)}, metrics "
+                      f"http://127.0.0.1:{record.http_port}/metrics",
+                      f"    log  {record.log}"])
