@@ -5,10 +5,17 @@ PY            := $(VENV)/bin/python
 STAMP         := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
 
 .DEFAULT_GOAL := help
-.PHONY: help install train models serve stop status soak test test-fast lint bench clean
+.PHONY: help install train models serve stop status soak test test-fast fuzz lint bench image \
+	deploy-test clean
+
+# Debian packages a target needs, installed by the target itself when missing (root).
+IMAGE_APT       := debootstrap podman runc
+DEPLOY_TEST_APT := $(IMAGE_APT) catatonit haproxy
+apt_install = dpkg -s $(1) >/dev/null 2>&1 || { apt-get update -q && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(1); }
 
 help:  ## list the targets
-	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## build .venv with the exact pinned environment (requirements.lock)
 
@@ -51,7 +58,18 @@ test: install  ## lint + the whole test suite (what CI runs)
 
 test-fast: install  ## lint + the unit tests only (no training, export or services; under a minute)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -m "not slow and not service and not integration" -q
+	$(PY) -m pytest -m "not slow and not service and not integration and not deploy" -q
+
+image:  ## the service image, no registry: debootstrap base + deploy/image/Containerfile (podman)
+	@$(call apt_install,$(IMAGE_APT))
+	$(PYTHON_SYSTEM) -m deploy.image
+
+deploy-test: install models image  ## run the image as deploy/k8s says: pod, drain, replicas behind haproxy
+	@$(call apt_install,$(DEPLOY_TEST_APT))
+	$(PY) -m pytest -m deploy tests/test_deploy_image.py tests/test_deploy_scaleout.py
+
+fuzz: install  ## long fuzz pass: HTTP parsers and image decoder, 20,000 inputs per target (minutes)
+	$(PY) -m pytest tests/test_fuzz.py -q --hypothesis-profile=fuzz
 
 lint: install  ## ruff
 	$(PY) -m ruff check .

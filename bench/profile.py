@@ -33,19 +33,21 @@ WAITING = "waiting (no CPU): conditions, sockets"
 # frame matching any row. Order inside the table does not matter: a frame matches one row.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("predict (the engine)", ("Model.predict (", "Engine.run (")),
-    ("decode: base64 + JPEG + limits", ("decode_checked (",)),
+    ("decode: base64 + JPEG + limits", ("decode_checked (", "check_request (")),
     ("preprocess: resize, crop, normalize", ("Model.preprocess (", "Preprocessor.")),
     ("postprocess: outputs -> JSON", ("Model.postprocess (",)),
-    ("HTTP request: headers + JSON body", ("_parse_body (", "parse_request (",
-                                          "BaseHTTPRequestHandler.handle_one_request (")),
-    ("HTTP response: JSON + write", ("_HttpHandler._reply (", "_HttpHandler._send")),
-    ("metrics + admission", ("ServiceState._record (", "ServiceState._admit_and_call (")),
+    ("HTTP request: headers + JSON body", ("_parse_body (", "parse_head (",
+                                          "Connection.read_head (", "Connection.read_body (")),
+    ("HTTP response: JSON + write", ("HttpServer._prediction_reply (", "HttpServer._send (",
+                                     "render_response (")),
+    ("metrics + admission", ("ServiceState.record (", "ServiceState._admit (")),
     ("pipeline plumbing: DAG + channels + ops", ("pipeline/dag.py", "pipeline/channel.py",
                                                  "pipeline/operator.py",
                                                  "pipeline/pipeline_server.py")),
     ("gRPC server", ("grpc/_server.py",)),
     # py-spy reports a thread blocked in these as busy; they cost no CPU (excluded from the total)
-    (WAITING, ("Condition.wait (", "Event.wait (", "SocketIO.readinto (", "Selector.select (")),
+    (WAITING, ("Condition.wait (", "Event.wait (", "Connection._receive (",
+               "Selector.select (")),
 )
 OTHER = "other"
 

@@ -1,8 +1,12 @@
 """Load test of the running services (`python -m bench.soak`, `make soak`): N requests at
 concurrency C, mixed over HTTP and gRPC and over every running service, each answer compared with
 the result computed in this process (same preprocessing, Paddle Inference with the service's
-runtime). Reports lost and wrong answers, throughput, latency and each service's RSS before/after;
-exits 1 if any request was lost or wrong.
+runtime), with hostile clients mixed in while it runs: slow clients (an HTTP request head that
+never ends: each must get 408 and be closed) and decompression bombs (8 blank 5000 x 5000 PNGs in
+one request, over the per-request pixel budget: each must get 413 / err_no 5008). Reports lost
+and wrong answers, what the hostile clients got, throughput, latency and each service's RSS
+before/after; exits 1 if any request was lost, wrong or refused, or a hostile client got
+anything else.
 
 "lost": no answer (connection error, timeout) or an error answer to a valid request.
 """
@@ -12,9 +16,12 @@ import http.client
 import itertools
 import json
 import os
+import socket
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +53,21 @@ def synthetic_jpeg(height: int, width: int, seed: int) -> bytes:
     cv2.rectangle(pixels, (width // 4, height // 4), (width // 2, height // 2),
                   tuple(int(c) for c in rng.integers(0, 256, 3)), -1)
     return cv2.imencode(".jpg", pixels)[1].tobytes()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real 1-bit PNG of width x height zeros: a few KB that decode to width x height x 3 bytes
+    of pixels (5000 x 5000: 3 KB -> 75 MB)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,10 @@ class Refused(Exception):
     never processed, so a graceful stop may produce these but never a failure."""
 
 
+class _Closed(Refused):
+    """The connection closed before an answer: the request was not processed."""
+
+
 class Transport:
     """One worker's connections: an HTTP/1.1 keep-alive connection per service, one gRPC
     channel per service (shared upstream protocol, raw stub: no PipelineClient overhead)."""
@@ -112,12 +138,25 @@ class Transport:
         self._stubs: dict[str, Any] = {}
 
     def http(self, service: str, items: dict[str, str]) -> dict[str, Any]:
-        record = self._records[service]
         body = json.dumps({"key": list(items), "value": list(items.values())})
+        reused = service in self._http
+        try:
+            answer = self._http_once(service, body)
+        except _Closed:
+            if not reused:
+                raise
+            # The service closed the connection while it was idle (keepalive_timeout_s) before
+            # it read this request: send it again on a new one, as HTTP clients do.
+            answer = self._http_once(service, body)
+        if answer.get("err_no") == 3001:
+            raise Refused(f"http: {answer.get('err_msg')}")
+        return answer
+
+    def _http_once(self, service: str, body: str) -> dict[str, Any]:
         connection = self._http.get(service)
         if connection is None:
-            connection = http.client.HTTPConnection("127.0.0.1", record.http_port,
-                                                    timeout=self._timeout)
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self._records[service].http_port, timeout=self._timeout)
             self._http[service] = connection
         try:
             connection.request("POST", f"/{service}/prediction", body,
@@ -127,12 +166,10 @@ class Transport:
         except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine) as e:
             connection.close()
             del self._http[service]
-            raise Refused(f"http: {type(e).__name__}: {e}") from None
+            raise _Closed(f"http: {type(e).__name__}: {e}") from None
         if response.getheader("Connection", "").lower() == "close":
             connection.close()
             del self._http[service]
-        if answer.get("err_no") == 3001:
-            raise Refused(f"http {response.status}: {answer.get('err_msg')}")
         return answer
 
     def grpc(self, service: str, items: dict[str, str]) -> dict[str, Any]:
@@ -226,6 +263,87 @@ def run_load(records: dict[str, Record], cases: Sequence[Case], requests: int,
     return tally
 
 
+SLOW_CLIENT_WAIT_S = 120.0  # far beyond any header_timeout_s a service would run with
+BOMB_IMAGES = 8  # of 5000 x 5000: 200 MP, over the default per-request budget (100 MP)
+
+
+def slow_client(record: Record) -> str:
+    """A request head that never ends: what the service did about it ("408 closed" expected)."""
+    with socket.create_connection(("127.0.0.1", record.http_port), timeout=30) as sock:
+        sock.sendall(f"POST /{record.service}/prediction HTTP/1.1\r\nHost: soak\r\n".encode())
+        sock.settimeout(SLOW_CLIENT_WAIT_S)
+        try:
+            answer = sock.recv(65536)
+            while b"\r\n\r\n" not in answer and (more := sock.recv(65536)):
+                answer += more
+            status = answer.split(b" ", 2)[1].decode() if answer else "nothing"
+            while sock.recv(65536):  # the rest of the answer, then the server's close
+                pass
+        except OSError as error:
+            return f"{type(error).__name__}"
+    return f"{status} closed"
+
+
+def bomb(record: Record, protocol: str, images: int = BOMB_IMAGES, timeout: float = 120.0
+         ) -> str:
+    """A request of `images` decompression bombs: "413 5008" expected over HTTP, "5008" over
+    gRPC."""
+    items = request_items([png_bomb(5000, 5000)] * images)
+    if protocol == "grpc":
+        with grpc.insecure_channel(f"127.0.0.1:{record.rpc_port}") as channel:
+            stub = pipeline_service_pb2_grpc.PipelineServiceStub(channel)
+            reply = stub.inference(pipeline_service_pb2.Request(
+                key=list(items), value=list(items.values()), name=record.service),
+                timeout=timeout)
+        return str(reply.err_no)
+    connection = http.client.HTTPConnection("127.0.0.1", record.http_port, timeout=timeout)
+    try:
+        connection.request("POST", f"/{record.service}/prediction",
+                           json.dumps({"key": list(items), "value": list(items.values())}))
+        response = connection.getresponse()
+        return f"{response.status} {json.loads(response.read())['err_no']}"
+    finally:
+        connection.close()
+
+
+def run_hostile(records: Sequence[Record], slow_clients: int, bombs: int, spread_s: float,
+                bomb_images: int = BOMB_IMAGES) -> Counter:
+    """Slow clients and bombs (of `bomb_images` images each), started evenly over `spread_s`
+    seconds, round-robin over the services (bombs alternating HTTP and gRPC); the count of each
+    outcome."""
+    outcomes: Counter = Counter()
+    lock = threading.Lock()
+    jobs = ([("slow", slow_client)] * slow_clients
+            + [("bomb", lambda r, p=p: bomb(r, p, bomb_images))
+               for p in ("http", "grpc") * (bombs // 2)]
+            + [("bomb", lambda r: bomb(r, "http", bomb_images))] * (bombs % 2))
+
+    def run(index: int, kind: str, job: Callable[[Record], str]) -> None:
+        try:
+            outcome = job(records[index % len(records)])
+        except Exception as error:  # any failure is an outcome to report
+            outcome = f"{type(error).__name__}: {error}"
+        with lock:
+            outcomes[f"{kind}: {outcome}"] += 1
+
+    threads = []
+    started = time.monotonic()
+    for index, (kind, job) in enumerate(jobs):
+        start_at = started + spread_s * index / max(1, len(jobs))
+        time.sleep(max(0.0, start_at - time.monotonic()))  # arrivals spread over the run
+        threads.append(threading.Thread(target=run, args=(index, kind, job), daemon=True))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def hostile_ok(outcomes: Counter) -> bool:
+    """Every slow client got 408 and was closed; every bomb was refused with 5008."""
+    expected = {"slow: 408 closed", "bomb: 413 5008", "bomb: 5008"}
+    return set(outcomes) <= expected
+
+
 def rss_bytes(pgid: int) -> int:
     """Resident memory of every process of a service's process group."""
     total = 0
@@ -246,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000, help="total (default 20000)")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight (default 32)")
+    parser.add_argument("--slow-clients", type=int, default=200,
+                        help="HTTP request heads that never end, spread over the run "
+                             "(default 200)")
+    parser.add_argument("--bombs", type=int, default=50,
+                        help="decompression-bomb requests, spread over the run (default 50)")
+    parser.add_argument("--spread", type=float, default=60.0,
+                        help="seconds over which the slow clients and bombs start (default 60)")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build",
                         help="where `python -m serving start` recorded the services")
@@ -260,14 +385,22 @@ def main(argv: list[str] | None = None) -> int:
     before = {name: rss_bytes(record.pid) for name, record in records.items()}
     print(f"{args.requests} requests, concurrency {args.concurrency}, HTTP + gRPC, "
           f"{len(cases)} distinct requests", flush=True)
+    hostile: dict[str, Counter] = {}
+    hostile_thread = threading.Thread(target=lambda: hostile.update(outcomes=run_hostile(
+        list(records.values()), args.slow_clients, args.bombs, args.spread)))
     started = time.perf_counter()
+    hostile_thread.start()
     tally = run_load(records, cases, args.requests, args.concurrency,
                      on_progress=lambda n: print(f"  {n} sent, {time.perf_counter() - started:.0f}"
                                                  " s", flush=True))
     elapsed = time.perf_counter() - started
+    hostile_thread.join()
     after = {name: rss_bytes(record.pid) for name, record in records.items()}
     print(report(tally, elapsed, before, after))
-    return 0 if tally.lost == tally.wrong == tally.refused == 0 else 1
+    outcomes = hostile["outcomes"]
+    print("hostile clients: " + ", ".join(f"{k} x{v}" for k, v in sorted(outcomes.items())))
+    clean = tally.lost == tally.wrong == tally.refused == 0 and hostile_ok(outcomes)
+    return 0 if clean else 1
 
 
 def report(tally: Tally, elapsed: float, before: dict[str, int], after: dict[str, int]) -> str:

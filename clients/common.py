@@ -1,7 +1,8 @@
 """What the HTTP and RPC clients share: arguments, image collection, batching, output, drawing.
 
 Exit status: 0 all images predicted, 1 the service refused or failed an image (its err_no and
-err_msg are printed), 2 the service could not be reached.
+err_msg are printed; err_no -1: refused by the transport itself, its status in err_msg), 2 the
+service could not be reached. Anything else (a bug) ends with its traceback and status 1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from serving.protocol import decode_results, request_items
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 EXIT_OK, EXIT_FAILED_IMAGE, EXIT_UNREACHABLE = 0, 1, 2
+REFUSED_BY_TRANSPORT = -1  # err_no of a request refused before the service's pipeline saw it
 
 
 @dataclass

@@ -2,9 +2,13 @@
 
 import sys
 
+import grpc
 from paddle_serving_server.pipeline import PipelineClient
 
-from clients.common import Reply, Send, default_port, parser, run
+from clients.common import REFUSED_BY_TRANSPORT, Reply, Send, default_port, parser, run
+
+# No answer at all: the service is down, unreachable, or did not answer in time.
+UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def rpc_sender(endpoint: str, timeout: float) -> Send:
@@ -17,17 +21,18 @@ def rpc_sender(endpoint: str, timeout: float) -> Send:
         future = client.predict(feed_dict=dict(items), fetch=None, asyn=True)
         try:
             response = future.call_future_.result(timeout=timeout)
-        except Exception as error:  # grpc.RpcError / FutureTimeoutError: no answer at all
-            raise ConnectionError(_rpc_error_text(error)) from None
+        except grpc.FutureTimeoutError:
+            raise ConnectionError(f"no answer within {timeout:g} s") from None
+        except grpc.RpcError as error:
+            if error.code() in UNREACHABLE:
+                raise ConnectionError(error.details()) from None
+            # gRPC itself refused the call (e.g. RESOURCE_EXHAUSTED: over max_body_bytes)
+            return Reply(REFUSED_BY_TRANSPORT, f"gRPC {error.code().name}: {error.details()}",
+                         [], [])
         return Reply(response.err_no, response.err_msg, list(response.key),
                      list(response.value))
 
     return send
-
-
-def _rpc_error_text(error: Exception) -> str:
-    details = getattr(error, "details", None)
-    return details() if callable(details) else (str(error) or type(error).__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

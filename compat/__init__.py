@@ -11,8 +11,8 @@ has to import this package first. PADDLE_VISION_SERVING_COMPAT=off leaves them o
 upstream's own behaviour (the tests reproduce each upstream failure so).
 
 The fixes themselves, each with its root cause, live in `compat.serving` (Paddle Serving),
-`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas), `compat.paddle` (paddle),
-`compat.paddle2onnx` (paddle2onnx) and `compat.openvino` (OpenVINO, settings its callers pass).
+`compat.ppdet` (paddledet), `compat.paddleclas` (paddleclas), `compat.paddle2onnx` (paddle2onnx)
+and `compat.openvino` (OpenVINO, settings its callers pass).
 `compat.applied` lists what has run, for tests.
 """
 
@@ -28,11 +28,11 @@ applied = hooks.applied
 
 def activate() -> None:
     """Install every fix, once per process."""
-    from compat import paddle, paddle2onnx, paddleclas, ppdet, serving
+    from compat import paddle2onnx, paddleclas, ppdet, serving
 
     if hooks.installed():
         return
-    for fixes in (paddle, serving, ppdet, paddleclas, paddle2onnx):
+    for fixes in (serving, ppdet, paddleclas, paddle2onnx):
         fixes.install()
     hooks.install()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -15,6 +16,13 @@ _pre_import_steps: dict[str, list[Callable[[], None]]] = {}
 _post_import_fixes: dict[str, list[PostImportFix]] = {}
 _replacement_loaders: list[tuple[Callable[[str], bool], type[importlib.abc.Loader]]] = []
 applied: list[str] = []  # "<module>:<fix>" in the order fixes ran
+# Fix names (comma-separated) left out, to see what upstream does without one of them while the
+# others still run (tests/upstream.py).
+SKIP = "PADDLE_VISION_SERVING_COMPAT_SKIP"
+
+
+def _skipped(name: str) -> bool:
+    return name in os.environ.get(SKIP, "").split(",")
 
 
 def after_import(module_name: str) -> Callable[[PostImportFix], PostImportFix]:
@@ -45,8 +53,9 @@ def replace_loader(matches: Callable[[str], bool], loader: type[importlib.abc.Lo
 
 
 def _run_fix(fix: PostImportFix, module: ModuleType) -> None:
-    fix(module)
-    applied.append(f"{module.__name__}:{fix.__name__}")
+    if not _skipped(fix.__name__):
+        fix(module)
+        applied.append(f"{module.__name__}:{fix.__name__}")
 
 
 class _FixingLoader(importlib.abc.Loader):

@@ -63,9 +63,15 @@ def quiet_paddle() -> None:
     warnings.filterwarnings("ignore", message="No ccache found")
 
 
+UNTRUSTED_CHECKPOINT = ("warning: {source} is a pickle: loading it runs any code it holds. "
+                        "Export only checkpoints you made or trust.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.source.suffix == ".pdparams":  # paddle.load unpickles it
+        logging.getLogger("export").warning(UNTRUSTED_CHECKPOINT.format(source=args.source))
     quiet_paddle()
     from export.convert import convert  # imports paddle: after the environment is set
     from model.spec import ModelSpec, ModelSpecError

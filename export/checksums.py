@@ -24,18 +24,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files(serving_server_dir: Path) -> list[Path]:
-    """Everything but the configs (patching rewrites those) and the manifest, sorted by name."""
-    return sorted(
-        path
-        for path in serving_server_dir.iterdir()
-        if path.is_file() and path.name != MANIFEST_NAME and not path.name.endswith(".prototxt")
-    )
+def model_files(serving_server_dir: Path) -> dict[str, Path]:
+    """Every file of the folder and its subfolders but the manifest, the configs included
+    (the manifest is written after patching them), by path relative to the folder, sorted."""
+    return {
+        path.relative_to(serving_server_dir).as_posix(): path
+        for path in sorted(serving_server_dir.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
 
 
 def write_checksums(serving_server_dir: Path) -> Path:
     manifest = serving_server_dir / MANIFEST_NAME
-    lines = [f"{_sha256(path)}  {path.name}\n" for path in model_files(serving_server_dir)]
+    lines = [f"{_sha256(path)}  {name}\n"
+             for name, path in model_files(serving_server_dir).items()]
     manifest.write_text("".join(lines), encoding="utf-8")
     return manifest
 
@@ -63,7 +65,7 @@ def verify_checksums(serving_server_dir: str | Path) -> list[str]:
             f"{manifest} is missing: re-run `python -m export` on this folder to create it"
         )
     expected = _read_manifest(manifest)
-    present = {path.name: path for path in model_files(folder)}
+    present = model_files(folder)
     problems = [f"missing: {name}" for name in sorted(expected.keys() - present.keys())]
     problems += [f"not in the manifest: {name}" for name in sorted(present.keys() - expected)]
     problems += [

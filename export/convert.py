@@ -121,17 +121,15 @@ def patch_serving_folder(source: Path, out: Path, patch: Patch | None,
     else:
         copy_serving_folder(source, out)
         log.info("copied serving folder %s to %s", source, out)
+    server = out / SERVER_DIR
+    if (server / checksums.MANIFEST_NAME).is_file():  # as exported, before this patch
+        log.info("verified %d model files against %s", len(checksums.verify_checksums(server)),
+                 checksums.MANIFEST_NAME)
     for conf in existing_confs(out):
         config = _patched(read_config(conf), patch, conf.name, description)
         write_config(config, conf)
         log.info("wrote %s (+ binary twin)", conf)
-    server = out / SERVER_DIR
-    if not server.is_dir():
-        return
-    if (server / checksums.MANIFEST_NAME).is_file():
-        log.info("verified %d model files against %s", len(checksums.verify_checksums(server)),
-                 checksums.MANIFEST_NAME)
-    else:
+    if server.is_dir():
         log.info("wrote %s", checksums.write_checksums(server))
 
 

@@ -22,7 +22,8 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(3001, 503, "DRAINING", "the service is stopping; retry on another instance"),
     ErrorCode(3002, 404, "NO_SERVICE", "no service of that name on this port"),
     ErrorCode(3003, 503, "NOT_READY", "the model is not loaded yet (or its worker died)"),
-    ErrorCode(3004, 503, "OVERLOADED", "too many requests in flight; retry later"),
+    ErrorCode(3004, 503, "OVERLOADED", "max_inflight requests in flight in the service, or "
+              "max_connections HTTP connections open on its worker; retry later"),
     ErrorCode(5000, 400, "BAD_REQUEST", "the body is not a {key: [...], value: [...]} request"),
     ErrorCode(5001, 400, "MISSING_IMAGE", "no `image` / `image_<i>` key in the request"),
     ErrorCode(5002, 400, "UNKNOWN_KEY", "a key that is neither `image` nor `image_<i>`"),
@@ -31,12 +32,14 @@ CODES: tuple[ErrorCode, ...] = (
     ErrorCode(5005, 422, "NOT_AN_IMAGE", "the bytes are not a decodable JPEG/PNG/BMP/WebP image"),
     ErrorCode(5006, 413, "TOO_MANY_IMAGES", "more images in one request than max_images"),
     ErrorCode(5007, 413, "IMAGE_TOO_LARGE", "one encoded image is over max_image_bytes"),
-    ErrorCode(5008, 413, "TOO_MANY_PIXELS", "width x height over max_image_pixels (checked "
-              "from the header, before decoding: decompression bombs are never decoded)"),
+    ErrorCode(5008, 413, "TOO_MANY_PIXELS", "width x height of an image over max_image_pixels, "
+              "or of all a request's images over max_request_pixels (read from the headers "
+              "before any image is decoded: decompression bombs are never decoded)"),
     ErrorCode(5009, 413, "BODY_TOO_LARGE", "the HTTP body is over max_body_bytes"),
-    ErrorCode(6000, 504, "TIMEOUT", "the model did not answer in time (only with an op "
-              "`timeout` in config.yml; upstream code)"),
-    ErrorCode(10000, 500, "INTERNAL", "an unexpected server-side failure (see the service log)"),
+    ErrorCode(6000, 504, "TIMEOUT", "upstream's answer to an op `timeout`: never sent by this "
+              "project's services, which run no op timeout (a predictor call cannot be stopped)"),
+    ErrorCode(10000, 500, "INTERNAL", "an unexpected server-side failure, e.g. the model "
+              "failing on an input (see the service log)"),
 )
 BY_NAME = {code.name: code for code in CODES}
 BY_NUMBER = {code.err_no: code for code in CODES}

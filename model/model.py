@@ -23,7 +23,7 @@ from model.engine import Engine, build_engine
 from model.errors import RequestError
 from model.postprocess import build_postprocessor
 from model.preprocess import Preprocessor, Sample
-from model.request import decode_checked, image_keys
+from model.request import CheckedImage, check_request, decode_checked
 from model.settings import Settings
 from model.spec import ModelSpec, ModelSpecError
 
@@ -75,22 +75,33 @@ class Model:
         prepared = self.preprocess(request)
         return self.postprocess(prepared.keys, self.predict(prepared.samples))
 
-    def preprocess(self, request: Mapping[str, Any]) -> Prepared:
-        """Check and decode the request's images, and replay the declared preprocessing."""
+    def check(self, request: Mapping[str, Any]) -> list[CheckedImage]:
+        """The request's images within every limit, not decoded yet (model.request)."""
+        return check_request(request, self.settings.limits)
+
+    def preprocess(self, request: Mapping[str, Any],
+                   checked: Sequence[CheckedImage] | None = None) -> Prepared:
+        """Check the request's images (unless `checked` already holds them), then decode each
+        and replay the declared preprocessing on it, one image at a time: a decoded image is
+        dropped before the next is decoded."""
         started = time.perf_counter()
-        limits = self.settings.limits
-        keys = image_keys(request, limits.max_images)
-        images = [decode_checked(key, request[key], limits) for key in keys]
-        decoded = time.perf_counter()
+        images = self.check(request) if checked is None else checked
+        decoding = preprocessing = 0.0
         samples = []
-        for key, image in zip(keys, images, strict=True):
+        for image in images:
+            decode_started = time.perf_counter()
+            pixels = decode_checked(image)
+            preprocess_started = time.perf_counter()
             try:
-                samples.append(self._preprocessor.from_array(image))
+                samples.append(self._preprocessor.from_array(pixels))
             except ValueError as error:  # e.g. smaller than the crop
-                raise RequestError("NOT_AN_IMAGE", f"{key}: {error}") from None
-        return Prepared(keys=keys, samples=samples,
-                        seconds={"decode": decoded - started,
-                                 "preprocess": time.perf_counter() - decoded})
+                raise RequestError("NOT_AN_IMAGE", f"{image.key}: {error}") from None
+            del pixels
+            decoding += preprocess_started - decode_started
+            preprocessing += time.perf_counter() - preprocess_started
+        checking = time.perf_counter() - started - decoding - preprocessing
+        return Prepared(keys=[image.key for image in images], samples=samples,
+                        seconds={"decode": checking + decoding, "preprocess": preprocessing})
 
     def predict(self, samples: Sequence[Sample]) -> list[np.ndarray]:
         """One engine call for all `samples` (of one request or several) -> each image's part

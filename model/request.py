@@ -3,7 +3,8 @@
 Request: {"image": <base64>} or {"image_0": <base64>, "image_1": ...} (the PaddleClas and
 PaddleDetection client shapes); several images are one batch. Sizes are refused from the base64
 length, then the decoded byte count, then the image header (a 20000 x 20000 PNG of a few KB would
-otherwise expand to 1.2 GB), each before the next step's work.
+otherwise expand to 1.2 GB), each before the next step's work; the headers of all a request's
+images are read, and their pixels added up against the request's budget, before any is decoded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ class Limits:
     max_images: int = 32  # images in one request (one batch)
     max_image_bytes: int = 8 << 20  # one encoded image
     max_image_pixels: int = 25_000_000  # width x height of one image (5000 x 5000)
+    max_request_pixels: int = 100_000_000  # the pixels of all the images of one request
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """One image of a request, within the limits, not decoded yet."""
+
+    key: str
+    data: bytes  # the encoded image
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 DEFAULT_LIMITS = Limits()
@@ -58,17 +74,34 @@ def image_keys(request: Mapping[str, Any], max_images: int = DEFAULT_LIMITS.max_
     return sorted(keys, key=lambda key: int(_IMAGE_KEY.match(key).group(1) or -1))  # type: ignore[union-attr]
 
 
-def decode_checked(key: str, value: Any, limits: Limits) -> np.ndarray:
-    """base64 -> RGB image, enforcing the byte and pixel limits before decoding the pixels."""
+def check_request(request: Mapping[str, Any], limits: Limits) -> list[CheckedImage]:
+    """The request's images in key order, each checked (check_image), and their pixels added
+    up against max_request_pixels: nothing is decoded yet."""
+    images = [check_image(key, request[key], limits)
+              for key in image_keys(request, limits.max_images)]
+    total = sum(image.pixels for image in images)
+    if total > limits.max_request_pixels:
+        raise RequestError("TOO_MANY_PIXELS", f"{len(images)} images of {total} pixels in all; "
+                           f"the limit is {limits.max_request_pixels} pixels per request")
+    return images
+
+
+def check_image(key: str, value: Any, limits: Limits) -> CheckedImage:
+    """base64 -> encoded bytes within the byte limit, with a header within the pixel limit."""
     data = decode_base64(key, value, limits)
     if len(data) > limits.max_image_bytes:
         raise RequestError("IMAGE_TOO_LARGE", f"{key}: {len(data)} bytes; the limit is "
                            f"{limits.max_image_bytes} bytes per image")
-    check_image_header(key, data, limits)
+    width, height = check_image_header(key, data, limits)
+    return CheckedImage(key, data, width, height)
+
+
+def decode_checked(image: CheckedImage) -> np.ndarray:
+    """A checked image -> RGB pixels."""
     try:
-        return decode_image(data)
+        return decode_image(image.data)
     except ValueError as error:
-        raise RequestError("NOT_AN_IMAGE", f"{key}: {error}") from None
+        raise RequestError("NOT_AN_IMAGE", f"{image.key}: {error}") from None
 
 
 def decode_base64(key: str, value: Any, limits: Limits = DEFAULT_LIMITS) -> bytes:

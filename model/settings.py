@@ -73,6 +73,9 @@ class Settings:
     max_image_bytes: int = _setting(8 << 20, "bytes of one encoded image")
     max_image_pixels: int = _setting(25_000_000, "width x height of one image, read from its "
                                      "header before decoding (decompression bombs are refused)")
+    max_request_pixels: int = _setting(100_000_000, "width x height of all the images of one "
+                                       "request, added up from their headers before any is "
+                                       "decoded")
     # --- the service -----------------------------------------------------------------------
     worker_num: int | None = _setting(None, "worker processes, each a whole pipeline (fronts, "
                                       "DAG, model); auto: one per usable core, because a "
@@ -85,8 +88,13 @@ class Settings:
                                   "channels, several ms of CPU each", SERVICE)
     concurrency: int = _setting(1, "model instances per worker (process ops only: thread ops "
                                 "would share one model, which is not thread-safe)", SERVICE)
-    batch_size: int = _setting(4, "images per predictor call, from requests arriving together",
+    batch_size: int = _setting(4, "images per predictor call, from requests arriving together; "
+                               "a request with more images is split into several calls",
                                SERVICE)
+    max_batch_pixels: int = _setting(100_000_000, "width x height of all the images of the "
+                                     "requests batched together (read from their headers "
+                                     "before any is decoded); at least max_request_pixels",
+                                     SERVICE)
     auto_batching_timeout: int = _setting(10, "ms a partial batch may wait for more requests, "
                                           "and only while its worker has more active clients "
                                           "than the batch holds", SERVICE)
@@ -97,6 +105,17 @@ class Settings:
     max_inflight: int = _setting(256, "requests in flight per worker process before 503 "
                                  "OVERLOADED", SERVICE)
     max_body_bytes: int = _setting(16 << 20, "bytes of an HTTP body or gRPC message", SERVICE)
+    max_connections: int = _setting(256, "open HTTP connections per worker process, each served "
+                                    "by a thread of a bounded pool; past it, a prediction is "
+                                    "answered 503 OVERLOADED (health and metrics still are)",
+                                    SERVICE)
+    keepalive_timeout_s: int = _setting(30, "an idle HTTP keep-alive connection is closed after "
+                                        "this long, freeing its thread", SERVICE)
+    header_timeout_s: int = _setting(10, "an HTTP request head not complete this long after its "
+                                     "first byte is answered 408 and its connection closed",
+                                     SERVICE)
+    body_timeout_s: int = _setting(30, "an HTTP request body not complete this long after its "
+                                   "head is answered 408 and its connection closed", SERVICE)
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -110,6 +129,10 @@ class Settings:
         if self.is_thread_op and self.concurrency > 1:
             raise SettingsError("concurrency > 1 needs is_thread_op=false (thread ops share one "
                                 "model, and a predictor is not thread-safe)")
+        if self.max_batch_pixels < self.max_request_pixels:
+            raise SettingsError(f"max_batch_pixels ({self.max_batch_pixels}) must be at least "
+                                f"max_request_pixels ({self.max_request_pixels}): every "
+                                "admissible request must fit in a batch")
 
     @property
     def worker_count(self) -> int:
@@ -120,7 +143,8 @@ class Settings:
     def limits(self) -> Limits:
         return Limits(max_body_bytes=self.max_body_bytes, max_images=self.max_images,
                       max_image_bytes=self.max_image_bytes,
-                      max_image_pixels=self.max_image_pixels)
+                      max_image_pixels=self.max_image_pixels,
+                      max_request_pixels=self.max_request_pixels)
 
 
 _TYPES: dict[str, Any] = typing.get_type_hints(Settings)

@@ -130,7 +130,7 @@ def _stop_supervisor(layout: Layout) -> None:
 def _print_endpoints(records: list[Record], latencies: dict[str, float]) -> None:
     for record in records:
         print(f"[{record.name}] ready: first prediction in {latencies[record.name] * 1000:.0f} ms"
-              f"\n    http POST {record.url}\n    rpc  127.0.0.1:{record.rpc_port}"
+              f"\n    http POST {record.url}\n    rpc  {record.host}:{record.rpc_port}"
               f"\n    log  {record.log}")
     first = records[0]
     print("\ntry it:\n"

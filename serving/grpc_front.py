@@ -11,6 +11,11 @@ import grpc
 from serving.admission import ServiceState
 from serving.pipeline import Request, Response, Servicer, add_servicer_to_server
 
+# Threads beyond max_inflight: a call past the service's limit is answered OVERLOADED at once
+# by one of them instead of waiting for a thread. Past all of them gRPC itself refuses the call
+# (RESOURCE_EXHAUSTED) rather than queue it.
+SPARE_THREADS = 16
+
 
 class _PipelineServicer(Servicer):
     def __init__(self, state: ServiceState):
@@ -24,8 +29,10 @@ class _PipelineServicer(Servicer):
 def open_grpc(state: ServiceState, port: int) -> grpc.Server:
     """Bound and started; worker processes share the port (SO_REUSEPORT)."""
     settings = state.settings
+    threads = settings.max_inflight + SPARE_THREADS
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_inflight, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=threads,
         options=[("grpc.max_receive_message_length", settings.max_body_bytes),
                  ("grpc.max_send_message_length", settings.max_body_bytes),
                  ("grpc.so_reuseport", 1)])

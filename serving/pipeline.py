@@ -33,7 +33,11 @@ from typing import Any
 import numpy as np
 import yaml
 from paddle_serving_server.pipeline import Op, RequestOp, ResponseOp
-from paddle_serving_server.pipeline.channel import ChannelDataErrcode, ChannelTimeoutError
+from paddle_serving_server.pipeline.channel import (
+    ChannelDataErrcode,
+    ChannelDataType,
+    ChannelTimeoutError,
+)
 from paddle_serving_server.pipeline.dag import DAG
 from paddle_serving_server.pipeline.pipeline_server import PipelineServicer, ServerYamlConfChecker
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 _BATCH_KEYS = "@batch_keys"
 _BATCH_SECONDS = "@batch_seconds"
 _SAMPLES = "@samples"  # preprocess -> process: the request's samples
+_CHECKED = "@checked"  # batching -> preprocess: the request's images, checked, not decoded
 _IMAGE_OUTPUTS = "@image_outputs"  # process -> postprocess: each image's part of the outputs
 # Reserved answer keys carrying per-stage seconds and the predictor call's image count from the
 # Op back to the service (pop_timings strips them): with process ops the Op runs in another
@@ -129,21 +134,34 @@ def _no_clients() -> int:
 
 
 def collect_batches(channel: Any, op_name: str, batch_size: int, timeout: float | None,
-                    clients: Callable[[], int]) -> Iterator[list[Any]]:
-    """Batches of up to `batch_size` requests from `channel`. Upstream's policy holds every
-    partial batch for the whole auto_batching_timeout: a lone client would wait that long on
-    every request for company that never comes. Here a batch starts with the first request to
-    arrive, takes whatever else is already queued, and waits (at most `timeout` s in all) only
-    while there are more `clients()` than the batch holds: their next requests are on the way."""
+                    clients: Callable[[], int], cost: Callable[[Any], tuple[int, int]],
+                    max_pixels: int) -> Iterator[list[Any]]:
+    """Batches of requests from `channel` holding at most `batch_size` images and `max_pixels`
+    pixels in all (`cost`: a queued request's images and pixels); a request with more images
+    than `batch_size` is a batch of its own. Upstream's policy holds every partial batch for the
+    whole auto_batching_timeout: a lone client would wait that long on every request for company
+    that never comes. Here a batch starts with the first request to arrive, takes whatever else
+    is already queued, and waits (at most `timeout` s in all) only while there are more
+    `clients()` than the batch holds: their next requests are on the way. A request that does
+    not fit starts the next batch."""
+    held = None
     while True:
-        batch = [channel.front(op_name)]
+        batch = [held if held is not None else channel.front(op_name)]
+        held = None
+        images, pixels = cost(batch[0])
         deadline = time.monotonic() + (timeout or 0.0)
-        while len(batch) < batch_size:
+        while images < batch_size:
             wait = deadline - time.monotonic() if clients() > len(batch) else 0.0
             try:
-                batch.append(channel.front(op_name, max(wait, _NO_WAIT)))
+                item = channel.front(op_name, max(wait, _NO_WAIT))
             except ChannelTimeoutError:
                 break
+            more_images, more_pixels = cost(item)
+            if images + more_images > batch_size or pixels + more_pixels > max_pixels:
+                held = item
+                break
+            batch.append(item)
+            images, pixels = images + more_images, pixels + more_pixels
         yield batch
 
 
@@ -190,13 +208,29 @@ class ModelOp(Op):
                                  timeout: float | None, op_info_prefix: str
                                  ) -> Iterator[list[Any]]:
         """Upstream's batching hook, with the project's policy (collect_batches)."""
-        return collect_batches(input_channel, op_name, batch_size, timeout, self.clients)
+        return collect_batches(input_channel, op_name, batch_size, timeout, self.clients,
+                               self._request_cost, self.model.settings.max_batch_pixels)
+
+    def _request_cost(self, item: dict[str, Any]) -> tuple[int, int]:
+        """A queued request's (images, pixels), read from its images' headers; the checked
+        images wait in the request for preprocess. A refused request costs nothing: preprocess
+        checks it again and answers the refusal."""
+        (data,) = item.values()
+        request = data.dictdata if data.datatype == ChannelDataType.DICT.value else None
+        if not isinstance(request, dict):
+            return 0, 0
+        try:
+            checked = self.model.check(request)
+        except RequestError:
+            return 0, 0
+        request[_CHECKED] = checked
+        return len(checked), sum(image.pixels for image in checked)
 
     def preprocess(self, input_dicts: dict[str, Any], data_id: int = 0, log_id: int = 0
                    ) -> tuple[Any, bool, int | None, str]:
         request = _only_input(input_dicts)
         try:
-            prepared = self.model.preprocess(request)
+            prepared = self.model.preprocess(request, request.pop(_CHECKED, None))
         except RequestError as error:
             return None, False, error.err_no, str(error)
         request[_BATCH_KEYS], request[_BATCH_SECONDS] = prepared.keys, prepared.seconds
@@ -204,13 +238,16 @@ class ModelOp(Op):
 
     def process(self, feed_batch: list[dict[str, Any]], typical_logid: int = 0
                 ) -> tuple[dict[str, Any], int, str]:
-        """One predictor call for every image of the batched requests."""
+        """The images of the batched requests, batch_size at a time per predictor call."""
         (merged,) = feed_batch
         samples = list(merged[_SAMPLES])
         started = time.perf_counter()
         try:
-            self._predict.images = len(samples)
-            image_outputs = object_array(self.model.predict(samples))
+            self._predict.images = min(len(samples), self._batch_size)
+            outputs = []
+            for start in range(0, len(samples), self._batch_size):
+                outputs += self.model.predict(samples[start:start + self._batch_size])
+            image_outputs = object_array(outputs)
         finally:
             self._predict.seconds = time.perf_counter() - started
         return {_IMAGE_OUTPUTS: image_outputs}, ChannelDataErrcode.OK.value, ""
@@ -252,13 +289,17 @@ class Pipeline:
 
     def _pipeline_workers(self) -> list[Any]:
         """What must stay alive for the pipeline to answer: each op's thread (thread ops) or
-        process (process ops), as DAG.start returned them, and the DAG executor's receiving
-        thread. Read from the servicer, not diffed from threading.enumerate() around its build:
-        a health probe's handler thread that came in during the load would read as a dead
-        worker once it ended."""
+        process (process ops), as DAG.start returned them, the channels' Manager process
+        (process ops), and the DAG executor's receiving thread. Read from the servicer, not
+        diffed from threading.enumerate() around its build: a health probe's handler thread that
+        came in during the load would read as a dead worker once it ended."""
         executor = self._servicer._dag_executor
         ops = [worker for worker in executor._dag._threads_or_proces if worker is not None]
-        return [*ops, executor._recive_func]
+        # Process ops talk through a multiprocessing Manager's process (dag.py DAG.__init__):
+        # without it every request would wait forever.
+        manager = getattr(executor._dag, "_manager", None)
+        channels = [manager._process] if manager is not None else []
+        return [*ops, *channels, executor._recive_func]
 
     def dead_workers(self) -> list[str]:
         return [getattr(w, "name", str(w)) for w in self._workers if not w.is_alive()]

@@ -22,7 +22,7 @@ from model.model import Model
 from model.process import configure_process
 from model.settings import Settings
 from model.spec import ModelSpec
-from serving.admission import ServiceState
+from serving.admission import InflightLimit, ServiceState
 from serving.balance import SharedListener, WorkerSlot
 from serving.grpc_front import open_grpc
 from serving.http_front import HttpServer, open_http
@@ -44,9 +44,11 @@ def run_service(spec: ModelSpec, model_dir: Path, settings: Settings, http_port:
     configure_process(settings)
     model = Model(spec, model_dir, settings)
     opening = fronts_opening(settings, workers)
+    inflight_limit = InflightLimit(settings.max_inflight)  # shared by the workers it forks
 
     def serve_one(http_slot: WorkerSlot | None = None, metrics_dir: Path | None = None) -> int:
-        return serve(model, config, http_port, rpc_port, opening, http_slot, metrics_dir)
+        state = ServiceState(spec.service.name, settings, metrics_dir, inflight_limit)
+        return serve(model, state, config, http_port, rpc_port, opening, http_slot)
 
     if workers == 1:
         return serve_one()
@@ -71,11 +73,10 @@ def fronts_opening(settings: Settings, workers: int) -> Opening:
     return Opening.FIRST if settings.is_thread_op else Opening.AFTER_FORKS
 
 
-def serve(model: Model, config: dict, http_port: int, rpc_port: int, opening: Opening,
-          http_slot: WorkerSlot | None, metrics_dir: Path | None) -> int:
+def serve(model: Model, state: ServiceState, config: dict, http_port: int, rpc_port: int,
+          opening: Opening, http_slot: WorkerSlot | None) -> int:
     """Build the pipeline (its Op loads the model in its own thread or process), open both
     fronts when `opening` says, serve until SIGTERM/SIGINT, drain, exit."""
-    state = ServiceState(model.spec.service.name, model.settings, metrics_dir)
 
     def open_fronts() -> tuple[grpc.Server, HttpServer]:
         return _open_fronts(state, http_port, rpc_port, http_slot)

@@ -28,7 +28,7 @@ PUBLISH_EVERY_S = 1.0  # worker processes share their metrics this often
 
 class ServiceMetrics:
     def __init__(self, accepted: Callable[[], float], inflight: Callable[[], float],
-                 ready: Callable[[], float]):
+                 ready: Callable[[], float], connections: Callable[[], float]):
         self.registry = Registry()
         add = self.registry.add
         self.requests: Counter = add(Counter(  # type: ignore[assignment]
@@ -42,14 +42,24 @@ class ServiceMetrics:
             "serving_stage_duration_seconds", "Time per pipeline stage of successful requests "
             "(decode, preprocess, predict, postprocess).", ("service", "stage")))
         self.batch_images: Histogram = add(Histogram(  # type: ignore[assignment]
-            "serving_batch_images", "Images in the predictor call that served each successful "
-            "request (auto-batching merges requests arriving together).", ("service",),
+            "serving_batch_images", "Images in the largest predictor call that served each "
+            "successful request (auto-batching merges requests arriving together).",
+            ("service",),
             buckets=BATCH_BUCKETS))
+        self.refused_connections: Counter = add(Counter(  # type: ignore[assignment]
+            "serving_http_refused_total", "HTTP requests or connections refused before a "
+            "prediction, by reason (request_timeout: 408, bad_request: 4xx, max_connections: "
+            "503, no_thread: closed unanswered).", ("reason",)))
+        self.thread_failures: Counter = add(Counter(  # type: ignore[assignment]
+            "serving_thread_failures_total", "Failures caught in the service's background and "
+            "connection threads (each also logged), by thread.", ("thread",)))
         add(CallbackCounter("serving_requests_accepted_total", "Prediction requests admitted "
                             "to the pipeline (not refused as draining, unready or overloaded).",
                             accepted))
         add(Gauge("serving_inflight_requests", "Prediction requests being processed.",
                   inflight))
+        add(Gauge("serving_http_connections", "Open HTTP connections (past max_connections "
+                  "included).", connections))
         add(Gauge("serving_ready", "1 when the model is loaded and answers, else 0.", ready,
                   combine=min))
         add(Gauge("process_resident_memory_bytes", "Resident memory of the service process.",
@@ -72,7 +82,11 @@ class WorkerMetrics:
 
     def _publish_forever(self) -> None:
         while True:
-            self.publish()
+            try:
+                self.publish()
+            except Exception:  # e.g. the shared folder went away: keep trying, say so
+                self._metrics.thread_failures.inc("metrics")
+                log.exception("publishing this worker's metrics failed")
             time.sleep(PUBLISH_EVERY_S)
 
     def others(self) -> list[dict[str, list]]:

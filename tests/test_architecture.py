@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("compat", "model", "export", "serving", "clients", "bench", "train")
+PACKAGES = ("compat", "model", "export", "serving", "clients", "bench", "train", "deploy",
+            "evaluation")
 MAX_SERVING_LINES = 400
 
 
@@ -39,7 +40,8 @@ def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
                "paddle_serving_app", "paddle_serving_client")),
     ("train", ("serving", "bench", "clients", "paddle_serving_server")),
     ("export", ("serving", "bench", "clients", "train")),
-    ("serving", ("bench", "clients", "train")),
+    ("serving", ("bench", "clients", "train", "evaluation")),
+    ("evaluation", ("bench", "clients", "export", "paddle_serving_server")),
 ])
 def test_imports_point_down_the_flow(package: str, forbidden: tuple[str, ...]) -> None:
     assert offenders(package, forbidden) == []

@@ -32,10 +32,14 @@ def _push(channel: ThreadChannel, *ids: int) -> None:
         channel.push(data, "@read")
 
 
+def _one_image(item: dict) -> tuple[int, int]:
+    return 1, 1
+
+
 def _next_batch(channel: ThreadChannel, batch_size: int, timeout: float,
                 clients: Callable[[], int]) -> tuple[list[int], float]:
     started = time.monotonic()
-    batch = next(collect_batches(channel, OP, batch_size, timeout, clients))
+    batch = next(collect_batches(channel, OP, batch_size, timeout, clients, _one_image, 10**9))
     return [item["@read"].id for item in batch], time.monotonic() - started
 
 
@@ -50,7 +54,7 @@ def test_a_lone_client_never_waits_for_company() -> None:
 def test_queued_requests_share_a_batch_up_to_batch_size() -> None:
     channel = _channel()
     _push(channel, 1, 2, 3, 4, 5, 6)
-    batches = collect_batches(channel, OP, 4, LONG, lambda: 0)
+    batches = collect_batches(channel, OP, 4, LONG, lambda: 0, _one_image, 10**9)
     assert [item["@read"].id for item in next(batches)] == [1, 2, 3, 4]
     assert [item["@read"].id for item in next(batches)] == [5, 6]
 

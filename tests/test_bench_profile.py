@@ -9,8 +9,8 @@ OP = "_run_process (paddle_serving_server/pipeline/operator.py:1191)"
 HANDLER = "Model.preprocess (model/model.py:78)"
 DECODE = "decode_checked (model/request.py:63)"
 PREDICT = "PaddleEngine.run (model/engine.py:55)"
-HTTP = "BaseHTTPRequestHandler.handle_one_request (http/server.py:424)"
-BODY = "_parse_body (serving/http_front.py:180)"
+HTTP = "HttpServer._serve_one (serving/http_front.py:222)"
+BODY = "_parse_body (serving/http_front.py:325)"
 
 
 def test_a_sample_goes_to_the_innermost_named_stage() -> None:
@@ -33,7 +33,7 @@ def test_collapsed_counts_become_milliseconds_per_request() -> None:
         f"{OP};{HANDLER};{DECODE} 50",
         f"{HTTP};{BODY} 50",
         f"{OP};{PREDICT} 100",  # the same stack again (another process) adds up
-        f"{HTTP};SocketIO.readinto (socket.py:706) 20",  # waiting: not in the total
+        f"{HTTP};Connection._receive (serving/http_front.py:70) 20",  # waiting: not counted
         "garbage line without a count",
     ])
     samples = profile.parse_collapsed(collapsed)

@@ -68,9 +68,14 @@ def test_numpy_star_import_shadowing_is_removed() -> None:
     operator.Op(name="compat_probe", retry=1)  # raised AxisError at operator.py:102 before
 
 
+@pytest.mark.integration
 def test_local_predictor_finds_pir_json_programs(tmp_path: Path) -> None:
     (tmp_path / "inference.json").write_text("{}")
     (tmp_path / "inference.pdiparams").write_bytes(b"")
+    lookup = ("from paddle_serving_app.local_predict import LocalPredictor\n"  # a method upstream
+              f"print(LocalPredictor.search_suffix_files(None, {str(tmp_path)!r}, '*.pdmodel'))")
+    upstream = run_python(lookup, skip=("accept_pir_program_files",))
+    assert upstream.returncode == 0 and upstream.stdout.strip() == "[]", upstream.stderr
     from paddle_serving_app.local_predict import LocalPredictor
 
     assert LocalPredictor.search_suffix_files(str(tmp_path), "*.pdmodel") == [
@@ -79,6 +84,36 @@ def test_local_predictor_finds_pir_json_programs(tmp_path: Path) -> None:
     assert LocalPredictor.search_suffix_files(str(tmp_path), "*.pdiparams") == [
         str(tmp_path / "inference.pdiparams")
     ]
+
+
+@pytest.mark.integration
+def test_pipeline_client_prints_nothing_per_call() -> None:
+    """Upstream prints two timestamp lines per predict (one before it even connects)."""
+    call = ("from paddle_serving_server.pipeline import PipelineClient\n"
+            "client = PipelineClient()\nclient.connect(['127.0.0.1:1'])\n"
+            "client.predict(feed_dict={'image': 'x'}, fetch=None, asyn=True)\n")
+    upstream = run_python(call, skip=("silence_client_prints",))
+    assert upstream.returncode == 0, upstream.stderr
+    assert upstream.stdout.startswith("PipelineClient::predict pack_data time:")
+    fixed = run_python(call)
+    assert fixed.returncode == 0 and fixed.stdout == "", fixed.stderr
+
+
+@pytest.mark.integration
+def test_paddle_imported_before_grpc_works_on_the_pinned_paddle() -> None:
+    """Paddle issue 70538 (a segfault in zlib's inflateReset2 when paddle 2.6 was imported before
+    grpc) does not happen with the pinned paddle: no fix orders the imports."""
+    code = ("import paddle, grpc\nfrom concurrent import futures\n"
+            "server = grpc.server(futures.ThreadPoolExecutor(1))\n"
+            "port = server.add_insecure_port('127.0.0.1:0')\nserver.start()\n"
+            "channel = grpc.insecure_channel(f'127.0.0.1:{port}', "
+            "compression=grpc.Compression.Gzip)\n"
+            "call = channel.unary_unary('/nothing/here')\n"
+            "try:\n    call(b'x' * 100000, timeout=30)\n"
+            "except grpc.RpcError as error:\n    print(error.code().name)\n")
+    upstream = run_python(code, with_compat=False)
+    assert upstream.returncode == 0, upstream.stderr[-2000:]
+    assert upstream.stdout.strip() == "UNIMPLEMENTED"  # the compressed call went through
 
 
 def test_fixes_report_what_ran() -> None:

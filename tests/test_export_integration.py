@@ -9,6 +9,8 @@ are compared with paddle.inference run directly on the same files and input.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,16 @@ def test_yolov3_mobilenet_v1_checkpoint_exports_and_serves(tmp_path: Path) -> No
     assert fetched["boxes_num"].dtype == np.int32
     assert fetched["boxes_num"].sum() == len(fetched["boxes"])
     assert set(fetched["boxes"][:, 0].astype(int)) <= set(range(8))
+
+
+@pytest.mark.integration
+def test_exporting_a_checkpoint_warns_that_it_is_an_untrusted_pickle(tmp_path: Path) -> None:
+    """paddle.load unpickles a .pdparams: the command says so before it loads one."""
+    checkpoint = tmp_path / "downloaded.pdparams"
+    checkpoint.write_bytes(b"not a checkpoint")
+    exported = subprocess.run(
+        [sys.executable, "-m", "export", str(checkpoint), "--config", str(CLASSIFIER_CONFIG),
+         "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert exported.returncode != 0  # not a checkpoint: the load fails, after the warning
+    assert (f"warning: {checkpoint} is a pickle: loading it runs any code it holds. Export "
+            "only checkpoints you made or trust.") in exported.stderr.splitlines()[0]

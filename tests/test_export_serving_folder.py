@@ -161,7 +161,8 @@ def test_model_files_infer_cfg_and_checksums_are_written(
 ) -> None:
     convert(tiny_models["legacy/detector"], tmp_path, None, None)
     assert verify_checksums(tmp_path / "serving_server") == [
-        "infer_cfg.yml", "inference.pdiparams", "inference.pdmodel"]
+        "infer_cfg.yml", "inference.pdiparams", "inference.pdmodel",
+        "serving_server_conf.prototxt", "serving_server_conf.stream.prototxt"]
     assert (tmp_path / "serving_server/infer_cfg.yml").read_text(encoding="utf-8") == INFER_CFG
     # re-exporting another format into the same place leaves no stale program behind
     convert(tiny_models["pir/detector"], tmp_path, None, None)

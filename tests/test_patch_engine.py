@@ -126,7 +126,8 @@ def test_tutorial_traffic_light_folder_is_patched_in_place_text_and_twins(
         assert [v.alias_name for v in text.feed_var] == ["im_shape", "image", "scale_factor"]
         assert list(text.feed_var[1].shape) == [3, 608, 608]  # untouched by the patch
     assert verify_checksums(traffic_light_folder / "serving_server") == [
-        "model.pdiparams", "model.pdmodel"]
+        "model.pdiparams", "model.pdmodel", "serving_server_conf.prototxt",
+        "serving_server_conf.stream.prototxt"]
 
 
 def test_patching_twice_changes_nothing(traffic_light_folder: Path, caplog) -> None:
@@ -238,3 +239,19 @@ def test_tampered_model_file_fails_the_manifest_check(traffic_light_folder: Path
     assert "modified: model.pdiparams" in message
     assert "not in the manifest: extra.pdmodel" in message
     assert "missing: model.pdmodel" in message
+
+
+def test_an_edited_alias_or_a_file_in_a_subfolder_fails_the_manifest_check(
+        traffic_light_folder: Path) -> None:
+    """The configs (patched first) and every subfolder are checksummed too: an alias edited by
+    hand after the export would make the service read another output."""
+    convert(traffic_light_folder, None, PATCHES / "traffic_light.yml", None)
+    server = traffic_light_folder / "serving_server"
+    conf = server / "serving_server_conf.prototxt"
+    conf.write_text(conf.read_text().replace('alias_name: "boxes"', 'alias_name: "other"'))
+    (server / "variables").mkdir()
+    (server / "variables" / "weights").write_bytes(b"loaded by some engines")
+    with pytest.raises(ExportError) as error:
+        verify_checksums(server)
+    assert "modified: serving_server_conf.prototxt" in str(error.value)
+    assert "not in the manifest: variables/weights" in str(error.value)

@@ -108,6 +108,7 @@ def test_each_new_connection_goes_to_the_least_busy_worker(service: Services) ->
         deadline = time.monotonic() + 10  # the workers close their ends once they read EOF
         while {pid: _sockets(pid) for pid in workers} != idle and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert {pid: _sockets(pid) for pid in workers} == idle, "connections left open"
 
 
 def test_a_dead_worker_takes_the_service_down(service: Services) -> None:

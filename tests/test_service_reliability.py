@@ -1,7 +1,9 @@
 """Reliability of the services on tiny random models (issue 6): health endpoints, Prometheus
 metrics, error codes and HTTP statuses for every kind of bad input over HTTP and gRPC, limits,
 a short mixed load with answers checked against in-process results, recovery by the supervisor
-after a kill, graceful stop under load, loopback-only binding."""
+after a kill, graceful stop under load, loopback-only binding. The shared services run twice:
+as one process, and in the default configuration (a worker process per core sharing the
+ports), where a scrape or a health check reaches any worker."""
 
 from __future__ import annotations
 
@@ -14,13 +16,12 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +30,18 @@ import grpc
 import numpy as np
 import pytest
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
-from service_helpers import Services, save_tiny_models
+from service_helpers import Services, run_client, save_tiny_models
 
-from bench.soak import build_cases, mismatch, rss_bytes, run_load, synthetic_jpeg
+from bench.soak import (
+    build_cases,
+    hostile_ok,
+    mismatch,
+    png_bomb,
+    rss_bytes,
+    run_hostile,
+    run_load,
+    synthetic_jpeg,
+)
 from serving.control.layout import Layout
 from serving.control.manager import Record, free_ports, running_records
 from serving.protocol import decode_results, get_json, health_url, request_items
@@ -39,13 +49,14 @@ from serving.protocol import decode_results, get_json, health_url, request_items
 pytestmark = pytest.mark.service
 MODELS = ("peach", "traffic_light")
 LIMITS = {"max_body_bytes": 2_000_000, "max_image_bytes": 1_000_000,
-          "max_image_pixels": 4_000_000, "max_images": 4}
-# One worker process per service whatever the tuned defaults are: with several workers sharing
-# a port, a scrape or a health check reaches one of them at random.
-RUNTIME = [f"--runtime={key}={value}" for key, value in
-           {**LIMITS, "build_dag_each_worker": "false"}.items()]
+          "max_image_pixels": 4_000_000, "max_request_pixels": 6_000_000, "max_images": 4}
+CONFIGURATIONS = {"one worker": {"build_dag_each_worker": "false"},
+                  "workers": {}}  # the defaults: a worker process per core
+RUNTIME = [f"--runtime={key}={value}" for key, value in LIMITS.items()]
+ONE_WORKER = [f"--runtime={key}={value}" for key, value in CONFIGURATIONS["one worker"].items()]
 RESTART_LIMIT_S = 10.0
 RSS_GROWTH_LIMIT = 200 << 20
+WAIT_S = 30.0  # for a state every worker has published (once a second)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +83,12 @@ def _stop(running: Services) -> None:
     assert not (running.build_dir / "run" / "supervisor.pid").exists()
 
 
-@pytest.fixture(scope="module")
-def services(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Services:
-    running = _start(tiny_models, tmp_path_factory.mktemp("build"), MODELS)
+@pytest.fixture(scope="module", params=list(CONFIGURATIONS))
+def services(request: pytest.FixtureRequest, tiny_models: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Services:
+    configuration = [f"--runtime={key}={value}"
+                     for key, value in CONFIGURATIONS[request.param].items()]
+    running = _start(tiny_models, tmp_path_factory.mktemp("build"), MODELS, *configuration)
     try:
         yield running
     finally:
@@ -133,6 +147,15 @@ def _value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def _scrape_until(port: int, reached: Callable[[dict], bool]) -> dict:
+    """Scrape until `reached` holds (the other workers publish their values once a second);
+    the last scrape, asserted by the caller."""
+    deadline = time.monotonic() + WAIT_S
+    while not reached(samples := _metrics(port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return samples
+
+
 # --- health --------------------------------------------------------------------------------------
 
 
@@ -150,14 +173,19 @@ def test_ready_is_503_until_the_model_answers(tiny_models: Path, tmp_path: Path)
     """Watch a starting service from its first second: live at once, ready only once loaded."""
     running = Services(tiny_models, tmp_path / "build", {"peach": tuple(free_ports(2))})
     http_port = running.ports["peach"][0]
-    process = running.popen_run("peach", *RUNTIME, "--runtime=is_thread_op=true")
+    process = running.popen_run("peach", *RUNTIME, *ONE_WORKER, "--runtime=is_thread_op=true")
     seen: list[tuple[int, str]] = []
+    predictions: list[tuple[int, int]] = []
+    items = request_items([synthetic_jpeg(64, 64, 1)])
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not seen or seen[-1][0] != 200):
             try:
                 status, body = get_json(health_url("127.0.0.1", http_port), 5)
                 seen.append((status, body["reason"]))
+                if status == 503:
+                    status, answer = _http(http_port, "/peach/prediction", _body(items))
+                    predictions.append((status, answer["err_no"]))
             except OSError:  # not listening yet
                 assert process.poll() is None, "the service exited during start-up"
             time.sleep(0.02)
@@ -166,6 +194,7 @@ def test_ready_is_503_until_the_model_answers(tiny_models: Path, tmp_path: Path)
         assert process.wait(60) == 0  # drained and exited cleanly
     assert seen[-1] == (200, ""), seen[-5:]
     assert seen[0] == (503, "starting: the model is loading"), seen[:5]
+    assert predictions[0] == (503, 3003)  # NOT_READY, a prediction while the model loads
 
 
 def test_connections_open_during_the_load_are_not_taken_for_pipeline_workers(
@@ -175,7 +204,7 @@ def test_connections_open_during_the_load_are_not_taken_for_pipeline_workers(
     build for a pipeline worker, and those ended handler threads for dead ones (503 for good)."""
     running = Services(tiny_models, tmp_path / "build", {"peach": tuple(free_ports(2))})
     http_port = running.ports["peach"][0]
-    process = running.popen_run("peach", *RUNTIME, "--runtime=is_thread_op=true")
+    process = running.popen_run("peach", *RUNTIME, *ONE_WORKER, "--runtime=is_thread_op=true")
     lingering: list[socket.socket] = []
     seen: list[tuple[int, dict]] = []
     try:
@@ -189,7 +218,9 @@ def test_connections_open_during_the_load_are_not_taken_for_pipeline_workers(
             time.sleep(0.01)
         for connection in lingering:
             connection.close()
-        time.sleep(0.5)  # their handler threads read the end of the stream and end
+        # until their connection threads read the end of the stream and are done: only the
+        # scrape's own connection is left
+        _scrape_until(http_port, lambda samples: _value(samples, "serving_http_connections") == 1)
         answers = [get_json(health_url("127.0.0.1", http_port), 5) for _ in range(3)]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -208,15 +239,21 @@ def test_metrics_count_outcomes_and_time_every_stage(services: Services) -> None
     assert _http(http_port, "/peach/prediction", _body(good))[0] == 200
     assert _http(http_port, "/peach/prediction", _body({"image": "%%%"}))[0] == 400
     assert _rpc(rpc_port, good, "peach").err_no == 0
-    after = _metrics(http_port)
+    answers = {("http", "ok", "0"): 1, ("http", "client_error", "5003"): 1, ("grpc", "ok", "0"): 1}
 
-    def moved(**labels: str) -> float:
-        return (_value(after, "serving_requests_total", service="peach", **labels)
-                - _value(before, "serving_requests_total", service="peach", **labels))
+    def moved(samples: dict, protocol: str, outcome: str, code: str) -> float:
+        labels = {"service": "peach", "protocol": protocol, "outcome": outcome, "code": code}
+        return (_value(samples, "serving_requests_total", **labels)
+                - _value(before, "serving_requests_total", **labels))
 
-    assert moved(protocol="http", outcome="ok", code="0") == 1
-    assert moved(protocol="http", outcome="client_error", code="5003") == 1
-    assert moved(protocol="grpc", outcome="ok", code="0") == 1
+    def all_counted(samples: dict) -> bool:  # by every worker that served one of them
+        return all(moved(samples, *labels) == count for labels, count in answers.items()) and all(
+            _value(samples, "serving_stage_duration_seconds_count", service="peach", stage=stage)
+            - _value(before, "serving_stage_duration_seconds_count", service="peach",
+                     stage=stage) == 2 for stage in ("decode", "postprocess"))
+
+    after = _scrape_until(http_port, all_counted)
+    assert {labels: moved(after, *labels) for labels in answers} == answers
     for stage in ("decode", "preprocess", "predict", "postprocess"):
         labels = {"service": "peach", "stage": stage}
         count = _value(after, "serving_stage_duration_seconds_count", **labels)
@@ -232,20 +269,6 @@ def test_metrics_count_outcomes_and_time_every_stage(services: Services) -> None
 
 
 # --- bad input -----------------------------------------------------------------------------------
-
-
-def _png_bomb(width: int, height: int) -> bytes:
-    """A real 1-bit PNG of width x height zeros: ~50 KB that decodes to 1.2 GB of BGR pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
 
 
 def _b64(data: bytes) -> str:
@@ -266,8 +289,15 @@ def _bad_inputs() -> dict[str, tuple[dict[str, str], int, int, str]]:
         "empty value": ({"image": " \n"}, 5004, 400, "image: empty value"),
         "0-byte image": ({"image": _b64(b"")}, 5004, 400, "image: empty value"),
         "padding only": ({"image": "===="}, 5003, 400, "image: invalid base64"),
-        "decompression bomb": ({"image": _b64(_png_bomb(20000, 20000))}, 5008, 413,
+        "decompression bomb": ({"image": _b64(png_bomb(20000, 20000))}, 5008, 413,
                                "image: Image size (400000000 pixels) exceeds limit"),
+        # under Pillow's own cap (2 x 89 MP): the project's limit must catch it
+        "bomb under Pillow's cap": ({"image": _b64(png_bomb(10000, 10000))}, 5008, 413,
+                                    "image: 10000x10000 = 100000000 pixels; the limit is "
+                                    "4000000 pixels"),
+        "request over its pixel budget": (
+            {f"image_{i}": _b64(png_bomb(2000, 2000)) for i in range(2)}, 5008, 413,
+            "2 images of 8000000 pixels in all; the limit is 6000000 pixels per request"),
         "too many pixels": ({"image": wide}, 5008, 413,
                             "image: 2500x2000 = 5000000 pixels; the limit is 4000000"),
         "image over the size limit": ({"image": big_file}, 5007, 413,
@@ -339,15 +369,70 @@ def test_malformed_requests_wrong_service_and_oversized_body(services: Services)
     _correct_answer(services, "peach")
 
 
+def test_rpc_client_tells_a_refused_message_from_an_unreachable_service(
+        services: Services, tmp_path: Path) -> None:
+    """gRPC refuses a message over max_body_bytes (RESOURCE_EXHAUSTED): the client reports a
+    failed image (exit 1), not an unreachable service (exit 2)."""
+    noise = np.random.default_rng(1).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    big = tmp_path / "big.png"
+    big.write_bytes(cv2.imencode(".png", noise)[1].tobytes())  # ~3 MB > 2 MB
+    refused = run_client("rpc", "peach", services.ports["peach"][1], str(big))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "err_no=-1: gRPC RESOURCE_EXHAUSTED" in refused.stdout
+    unreachable = run_client("rpc", "peach", free_ports(1)[0], str(big), "--timeout", "3")
+    assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+UPSTREAM_RPC_CLIENT = """\
+# As PaddleClas's deploy/paddleserving/pipeline_rpc_client.py: nothing of the project imported.
+import base64
+import sys
+
+from paddle_serving_server.pipeline import PipelineClient
+
+client = PipelineClient()
+client.connect(["127.0.0.1:" + sys.argv[1]])
+with open(sys.argv[2], "rb") as file:
+    image = base64.b64encode(file.read()).decode("utf8")
+ret = client.predict(feed_dict={"image": image}, fetch=["label", "prob"])
+print(ret.err_no, list(ret.key))
+"""
+
+
+def test_an_upstream_style_rpc_client_script_works_unchanged(
+        services: Services, tmp_path: Path) -> None:
+    """Run from a folder of its own, by the venv's interpreter alone: the compatibility fixes
+    come from the venv's start-up hook, not from an import of the project."""
+    script, image = tmp_path / "pipeline_rpc_client.py", tmp_path / "peach.jpg"
+    script.write_text(UPSTREAM_RPC_CLIENT)
+    image.write_bytes(synthetic_jpeg(240, 320, 7))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    ran = subprocess.run([sys.executable, str(script), str(services.ports["peach"][1]),
+                          str(image)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.strip() == "0 ['image']"  # and no per-call timestamp lines
+
+
 # --- load, binding -------------------------------------------------------------------------------
 
 
 def test_short_mixed_load_loses_nothing_and_answers_right(services: Services) -> None:
+    """The soak's mix, shortened: 1,200 requests at concurrency 32, with 20 slow clients and 10
+    decompression bombs among them."""
     records = _records(services)
     cases = build_cases(Layout(services.models_dir, services.build_dir), list(records.values()))
+    hostile: dict = {}
+    hostile_thread = threading.Thread(target=lambda: hostile.update(outcomes=run_hostile(
+        list(records.values()), slow_clients=20, bombs=10, spread_s=5.0,
+        bomb_images=LIMITS["max_images"])))
+    hostile_thread.start()
     tally = run_load({r.service: r for r in records.values()}, cases, requests=1200,
                      concurrency=32)
+    hostile_thread.join()
     assert (tally.lost, tally.wrong, tally.refused) == (0, 0, 0), tally.examples
+    assert hostile_ok(hostile["outcomes"]), hostile["outcomes"]
+    assert sum(hostile["outcomes"].values()) == 30
     assert tally.ok == 1200
     assert set(tally.by_route) == {f"{n}/{p}" for n in MODELS for p in ("http", "grpc")}
 
@@ -391,6 +476,33 @@ def test_every_listening_socket_is_loopback(services: Services) -> None:
     assert all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:")) for a in addresses), addresses
 
 
+def test_host_binds_both_ports_to_that_interface_and_the_tools_follow(
+        tiny_models: Path, tmp_path: Path) -> None:
+    """--host 127.0.0.2 (a loopback address other than the default): both ports bind there, and
+    start (readiness, the timed prediction), status and stop reach the service there."""
+    running = _start(tiny_models, tmp_path / "build", ("peach",), *ONE_WORKER, "--host",
+                     "127.0.0.2", "--no-supervisor")
+    try:
+        (record,) = _records(running).values()
+        pids = {int(p.parent.name) for p in Path("/proc").glob("[0-9]*/stat")
+                if _pgid(p) == record.pid}
+        addresses = {address.removeprefix("::ffff:") for address in _listening_addresses(pids)}
+        assert addresses == {f"127.0.0.2:{port}" for port in running.ports["peach"]}
+        status = running.cli("status")
+        assert status.returncode == 0 and "http://127.0.0.2:" in status.stdout, status.stdout
+        answer = _http_at("127.0.0.2", running.ports["peach"][0])
+        assert answer["err_no"] == 0
+    finally:
+        _stop(running)
+
+
+def _http_at(host: str, port: int) -> dict:
+    items = request_items([synthetic_jpeg(64, 64, 9)])
+    request = urllib.request.Request(f"http://{host}:{port}/peach/prediction", data=_body(items))
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
 def _pgid(stat: Path) -> int:
     try:
         return int(stat.read_text().rpartition(")")[2].split()[2])
@@ -430,7 +542,7 @@ def process_op_service(tiny_models: Path, tmp_path_factory: pytest.TempPathFacto
                        ) -> Services:
     """The classifier with process ops (the op runs in a child process of the service)."""
     running = _start(tiny_models, tmp_path_factory.mktemp("build_process_ops"), ("peach",),
-                     "--runtime=is_thread_op=false")
+                     *ONE_WORKER, "--runtime=is_thread_op=false")
     try:
         yield running
     finally:
@@ -520,7 +632,9 @@ def test_metrics_of_worker_processes_add_up(tiny_models: Path, tmp_path: Path) -
         items = request_items([synthetic_jpeg(64, 64, 5)])
         for _ in range(12):  # a new connection each: the kernel spreads them over the workers
             assert _http(http_port, "/peach/prediction", _body(items))[0] == 200
-        time.sleep(1.5)  # PUBLISH_EVERY_S
+        _scrape_until(http_port, lambda samples: _value(  # until every worker published
+            samples, "serving_stage_duration_seconds_count", service="peach",
+            stage="predict") == 13)
         for _ in range(4):  # whichever worker answers the scrape
             samples = _metrics(http_port)
             assert _value(samples, "serving_requests_total", service="peach", protocol="http",

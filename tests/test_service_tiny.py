@@ -170,6 +170,18 @@ def _closed_loop_clients(port: int, name: str, requests: list[list[bytes]], roun
     return answers
 
 
+def _published(port: int, before: stages.Totals, requests: int) -> stages.Totals:
+    """The metrics since `before` once every worker published its part of `requests`
+    (each worker publishes once a second)."""
+    deadline = time.monotonic() + 10 * PUBLISH_EVERY_S
+    while True:
+        served = stages.scrape(port).since(before)  # type: ignore[union-attr]
+        if served.series.get(stages.BATCH, {}).get("count") == requests:
+            return served
+        assert time.monotonic() < deadline, f"not all {requests} requests published: {served}"
+        time.sleep(0.1)
+
+
 def test_requests_batched_together_each_get_their_own_answer(
         engine_services: tuple[Services, dict[str, str]], images: list[Path]) -> None:
     """Four keep-alive clients in a closed loop (two per worker): the Op merges their requests
@@ -189,8 +201,8 @@ def test_requests_batched_together_each_get_their_own_answer(
             assert len(replies) == rounds
             for reply in replies:
                 _assert_same_results(_results(reply), local)
-        time.sleep(PUBLISH_EVERY_S + 0.2)  # both workers' metrics published
-        images_per_call = stages.scrape(port).since(before).means()["batch:images"]
+        served = _published(port, before, len(requests) * rounds)  # by both workers
+        images_per_call = served.means()[stages.BATCH]
         unbatched = sum(map(len, requests)) / len(requests)  # 1.75: one request per call
         assert images_per_call > unbatched + 0.5, (name, images_per_call)
 

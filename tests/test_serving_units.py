@@ -34,3 +34,44 @@ def test_ports_come_from_flags_then_env_then_description(monkeypatch) -> None:
     assert ports_for(spec, parse_port_flags(["peach=1:2"])).rpc == 2
     with pytest.raises(ValueError, match="NAME=HTTP:RPC"):
         parse_port_flags(["peach=18080"])
+
+
+@pytest.mark.integration
+def test_free_ports_lie_outside_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    """A port handed out in the ephemeral range could be taken by any outgoing connection before
+    the service binds it; one handed to two test processes, by the other's service."""
+    import subprocess
+    import sys
+
+    from serving.control.manager import ephemeral_port_range, free_ports
+
+    low, _ = ephemeral_port_range()
+    ours = free_ports(40)
+    theirs = subprocess.run(
+        [sys.executable, "-c", "from serving.control.manager import free_ports; "
+         "print(*free_ports(40))"], capture_output=True, text=True, timeout=60, check=True)
+    others = [int(port) for port in theirs.stdout.split()]
+    assert len(set(ours)) == len(ours) == len(others) == 40
+    assert all(port < low for port in ours + others)
+    assert not set(ours) & set(others)
+
+
+def test_docs_state_the_error_codes_and_limit_defaults_as_the_code_has_them() -> None:
+    """docs/serving.md's error table is the generated one; every row of its limits table names
+    a runtime setting with the default the table gives."""
+    import re
+    from pathlib import Path
+
+    from model.errors import markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    assert markdown_table() in text
+    limits = text[text.index("## Limits"):text.index("Set them per model in")]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", limits, re.MULTILINE)
+    assert len(rows) >= 10
+    defaults = settings.Settings()
+    for key, shown in rows:
+        number = shown.strip().replace(",", "")
+        value = (int(number.split()[0]) << 20 if number.endswith("MiB")
+                 else int(number) if number.isdigit() else number)
+        assert getattr(defaults, key) == value, (key, shown)

@@ -218,7 +218,8 @@ def write_dataset(out: Path, train_count: int, val_count: int, seed: int,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(sample.jpeg)
             lines.append(f"{sample.relative_path} {LABELS.index(sample.label)}\n")
-            if split == "train" and len(sheet_tiles) < contact_sheet_count:
+            shown = split == "train" or train_count == 0  # a validation-only set shows its own
+            if shown and len(sheet_tiles) < contact_sheet_count:
                 sheet_tiles.append(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
                 sheet_captions.append(f"{sample.label} d={sample.spec.diameter:.0f} "
                                       f"r={sample.spec.red_coverage:.2f}")

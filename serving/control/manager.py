@@ -12,25 +12,31 @@ requests, then stops its workers), and SIGKILLs the group only if it lingers.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from model.settings import Settings
+from model.settings import Settings, parse_pairs, resolve
 from model.spec import ModelSpec
 from serving.control.layout import Layout, Ports
 from serving.protocol import get_json, health_url, http_url, post_http, probe_image, request_items
 
 LOG_TAIL_LINES = 40
 READY_POLL_S = 0.5
-HEALTH_TIMEOUT_S = 2.0
+# A readiness check answers within about a second whatever the load (serving/admission.py
+# PROBE_WAIT_S); more than this means the service's HTTP front itself does not answer.
+HEALTH_TIMEOUT_S = 5.0
 STOP_GRACE_S = Settings().drain_timeout_s + 5.0  # the service's drain, plus exit time
 
 
@@ -48,10 +54,11 @@ class Record:
     log: str
     started_at: float
     runtime: tuple[str, ...] = ()  # the --runtime pairs it was started with (for restarts)
+    host: str = "127.0.0.1"  # where to reach it: the interface it binds (every one: loopback)
 
     @property
     def url(self) -> str:
-        return http_url("127.0.0.1", self.http_port, self.service)
+        return http_url(self.host, self.http_port, self.service)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,21 +95,62 @@ def group_alive(pgid: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (bound together, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
+    """Ports nobody binds now, reserved for this process (tests and benchmarks start services on
+    them). They lie below the kernel's ephemeral range (ip_local_port_range), which it hands to
+    outgoing connections, so none is taken by a client between this call and the service's bind;
+    and a lock file per port, held until this process exits, keeps another process that calls
+    free_ports from picking the same one."""
+    low = ephemeral_port_range()[0]
+    chosen: list[int] = []
+    for port in random.sample(range(low // 2, low), low - low // 2):
+        if len(chosen) == count:
+            break
+        if _bindable(port) and _reserve(port):
+            chosen.append(port)
+    if len(chosen) < count:
+        raise ServingError(f"fewer than {count} free ports below {low}")
+    return chosen
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+_RESERVATIONS = Path(tempfile.gettempdir()) / "paddle-vision-serving-ports"
+_held: list[Any] = []  # this process's reservations: open, locked files
+
+
+def _reserve(port: int) -> bool:
+    _RESERVATIONS.mkdir(exist_ok=True)
+    lock = (_RESERVATIONS / f"{port}.lock").open("a")
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another process holds it
+        lock.close()
+        return False
+    _held.append(lock)
+    return True
 
 
-def port_listening(port: int) -> bool:
+def port_listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
+
+
+def reach_host(bind_host: str) -> str:
+    """The address a client on this machine reaches a service binding `bind_host` at."""
+    return "127.0.0.1" if bind_host in ("", "0.0.0.0") else bind_host
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -122,7 +170,7 @@ def predict_once(record: Record, timeout: float = 10.0) -> tuple[dict, float]:
 def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
     """None when the service is ready (GET /health/ready answers 200), else why not."""
     try:
-        status, body = get_json(health_url("127.0.0.1", record.http_port), timeout)
+        status, body = get_json(health_url(record.host, record.http_port), timeout)
     except OSError as error:
         return f"not answering ({error})"
     return None if status == 200 else f"HTTP {status}: {body.get('reason', body)}"
@@ -133,14 +181,15 @@ def readiness(record: Record, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
 
 def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
            ) -> tuple[Record, subprocess.Popen]:
+    runtime = tuple(runtime)
+    host = reach_host(resolve(spec.runtime, parse_pairs(runtime)).host)
     for port in (ports.http, ports.rpc):
-        if port_listening(port):
+        if port_listening(port, host):
             raise ServingError(f"[{spec.name}] port {port} is already in use; stop what holds "
                                "it (`python -m serving status`) or pick others with --port")
     log = layout.log_file(spec.name)
     log.parent.mkdir(parents=True, exist_ok=True)
     workdir = layout.serving_dir(spec.name)
-    runtime = tuple(runtime)
     command = [sys.executable, "-m", "serving", "run", "--model", spec.name,
                "--models-dir", str(layout.models_dir), "--build-dir", str(layout.build_dir),
                "--port", f"{spec.name}={ports.http}:{ports.rpc}",
@@ -155,7 +204,7 @@ def launch(layout: Layout, spec: ModelSpec, ports: Ports, runtime: Iterable[str]
                                    start_new_session=True)
     record = Record(name=spec.name, service=spec.service.name, pid=process.pid,
                     http_port=ports.http, rpc_port=ports.rpc, log=str(log),
-                    started_at=time.time(), runtime=runtime)
+                    started_at=time.time(), runtime=runtime, host=host)
     record.save(layout.pid_file(spec.name))
     return record, process
 
@@ -202,8 +251,8 @@ def stop_record(layout: Layout, record: Record, grace: float = STOP_GRACE_S,
                 how = f"killed (no exit {grace:.0f} s after SIGTERM)"
             _signal_group(record.pid, signal.SIGKILL)
             _wait(lambda: not group_alive(record.pid), grace)
-    ports_free = _wait(lambda: not (port_listening(record.http_port)
-                                    or port_listening(record.rpc_port)), grace)
+    ports_free = _wait(lambda: not (port_listening(record.http_port, record.host)
+                                    or port_listening(record.rpc_port, record.host)), grace)
     layout.pid_file(record.name).unlink(missing_ok=True)
     if group_alive(record.pid) or not ports_free:
         raise ServingError(f"[{record.name}] still alive or ports {record.http_port}/"
@@ -237,7 +286,7 @@ def describe(record: Record) -> str:
     reason = readiness(record, timeout=5.0)
     health = "ready" if reason is None else f"NOT READY: {reason}"
     return "\n".join([f"{record.name}: running, pid {record.pid}, {health}",
-                      f"    http {record.url}", f"    rpc  127.0.0.1:{record.rpc_port}",
-                      f"    health {health_url('127.0.0.1', record.http_port)}, metrics "
-                      f"http://127.0.0.1:{record.http_port}/metrics",
+                      f"    http {record.url}", f"    rpc  {record.host}:{record.rpc_port}",
+                      f"    health {health_url(record.host, record.http_port)}, metrics "
+                      f"http://{record.host}:{record.http_port}/metrics",
                       f"    log  {record.log}"])

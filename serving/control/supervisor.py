@@ -1,6 +1,11 @@
 """The supervisor `python -m serving start` leaves running (`python -m serving supervise`): it
 polls every service's readiness once a second and restarts a service whose process died or that
-stayed unready for FAILURES_BEFORE_RESTART polls, with the ports and runtime it had. It runs in its
+stayed unready for FAILURES_BEFORE_RESTART polls, with the ports and runtime it had. A service's
+readiness check answers within about a second whatever its load (serving/admission.py: from
+recent successes, or a background probe that counts as ready while it waits behind the requests
+in flight, for up to PROBE_TIMEOUT_S), so HEALTH_TIMEOUT_S leaves it ample room and a busy
+service is never restarted for being busy. Repeated restarts back off (1 s, 2 s, ... 30 s); the
+backoff starts again from 1 s once a service stayed ready for STABLE_S. It runs in its
 own session (not the services', whose process groups a stop kills), records its pid in
 build/run/supervisor.pid, and exits on SIGTERM without touching the services (`python -m serving
 stop` stops it first, then them).
@@ -15,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.control.layout import Layout, Ports
@@ -30,9 +35,10 @@ from serving.control.manager import (
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
-FAILURES_BEFORE_RESTART = 2  # consecutive unready polls (a dead process restarts at once)
+FAILURES_BEFORE_RESTART = 3  # consecutive unready polls (a dead process restarts at once)
 START_GRACE_S = 300.0  # a restarted service may be unready this long while it loads
 MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0  # ready this long after a restart: the next restart backs off from 1 s again
 
 
 def pid_file(layout: Layout) -> Path:
@@ -56,21 +62,52 @@ class Watched:
     restarts: int = 0
     starting_until: float = 0.0  # monotonic deadline of the current start-up
     next_restart: float = 0.0
-    events: list[str] = field(default_factory=list)
+    ready_since: float | None = None  # monotonic, since the last unready poll or restart
 
     def alive(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             return False
         return process_alive(self.record.pid)
 
+    def note_ready(self, now: float) -> None:
+        if self.starting_until:
+            log.info("[%s] ready again (restart %d)", self.record.name, self.restarts)
+        self.failures, self.starting_until = 0, 0.0
+        if self.ready_since is None:
+            self.ready_since = now
+        if self.restarts and now - self.ready_since >= STABLE_S:
+            log.info("[%s] stable for %.0f s: restart backoff reset", self.record.name,
+                     now - self.ready_since)
+            self.restarts = 0
+
+    def note_unready(self) -> None:
+        self.ready_since = None
+
+    def note_restart(self, now: float) -> None:
+        self.restarts += 1
+        self.failures = 0
+        self.ready_since = None
+        self.starting_until = now + START_GRACE_S
+        self.next_restart = now + self.backoff()
+
+    def backoff(self) -> float:
+        """Seconds before the next restart may follow the last one."""
+        return min(MAX_BACKOFF_S, 2.0 ** min(self.restarts - 1, 5))
+
 
 def supervise(layout: Layout, stop: threading.Event, poll: float = POLL_S) -> None:
     """Watch every service with a record under build/run until `stop` is set."""
     watched = {record.name: Watched(record) for record in running_records(layout)}
     log.info("watching %s (every %.1f s)", ", ".join(sorted(watched)) or "nothing", poll)
+    failures = 0
     while not stop.wait(poll):
         for item in watched.values():
-            check(layout, item)
+            try:
+                check(layout, item)
+            except Exception:  # one service's trouble must not end the watch over the others
+                failures += 1
+                log.exception("[%s] check failed (%d failures of the supervisor so far)",
+                              item.record.name, failures)
 
 
 def check(layout: Layout, item: Watched) -> None:
@@ -81,10 +118,9 @@ def check(layout: Layout, item: Watched) -> None:
     else:
         problem = readiness(item.record)
         if problem is None:
-            if item.starting_until:
-                log.info("[%s] ready again (restart %d)", name, item.restarts)
-            item.failures, item.starting_until = 0, 0.0
+            item.note_ready(now)
             return
+        item.note_unready()
         if now < item.starting_until:
             return  # still loading after a restart
         item.failures += 1
@@ -110,11 +146,7 @@ def restart(layout: Layout, item: Watched, problem: str) -> None:
     except Exception as error:  # e.g. a port still held: try again after the backoff
         log.error("[%s] restart failed: %s", old.name, error)
         item.record.save(layout.pid_file(old.name))
-    item.restarts += 1
-    item.failures = 0
-    item.starting_until = time.monotonic() + START_GRACE_S
-    backoff = min(MAX_BACKOFF_S, 2.0 ** min(item.restarts - 1, 5))
-    item.next_restart = time.monotonic() + backoff
+    item.note_restart(time.monotonic())
     log.info("[%s] started again as pid %d (log %s)", old.name, item.record.pid, item.record.log)
 
 
