@@ -30,7 +30,8 @@ if TYPE_CHECKING:  # numpy is imported where it is used: this module loads in ev
 # - vector<float>: the parser enforces float elements and fails with "the 0th elementwise MUST
 #   be ir::FloatAttribute" (parser/pir_parser.cc:814): YOLOv3's upsampling;
 # - float: the parser assigns the value only if it is a FloatAttribute and otherwise leaves the
-#   mapper's member unset: the ONNX LeakyRelu gets alpha 2.47e-43 instead of 0.1, silently.
+#   mapper's member unset: the ONNX LeakyRelu gets leftover bits as its alpha (2.5e-43, 1.0e-26
+#   seen) instead of 0.1, silently.
 # The wrapper stores those attributes as float32: the value Paddle's own CPU kernels compute with,
 # since they take them as float (phi LeakyReluKernel `float alpha`, the interpolate kernels
 # `const std::vector<float>& scale`). A legacy program is translated to PIR first (what

@@ -10,6 +10,8 @@ evaluation/traffic_scenes.py (seed and count are options) under build/evaluation
 Classifier: top-1 and the confusion matrix. Detector: VOC mAP@0.5 per class, and at the served
 score threshold (and a few others) recall by housing width (< 16, 16-32, > 32 px in the original
 image), localised at IoU >= 0.5 with any class and with the right class, and boxes per image.
+The model runs as it is served: the serving_server/ files and the engine and precision of its
+model.yml `runtime:` (the export stage builds what is missing); --runtime changes them.
 --preprocess replaces the model's preprocessing steps (a YAML list) for a study of input sizes.
 """
 
@@ -29,6 +31,7 @@ import yaml
 
 from evaluation import peach_scenes, score, traffic_scenes
 from evaluation.inference import describe, load_predict
+from model import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path("build/evaluation")
@@ -70,9 +73,9 @@ def independent(task: str, out: Path, count: int, seed: int) -> Dataset:
 
 
 def score_model(model_dir: Path, datasets: dict[str, Dataset], inference_dir: Path | None,
-                preprocess: list[dict[str, Any]] | None, threads: int) -> dict[str, Any]:
+                preprocess: list[dict[str, Any]] | None, runtime: dict[str, str]
+                ) -> dict[str, Any]:
     spec = describe(model_dir)
-    runtime = {"thread_num": threads}
     if spec.task == "classification":
         predict = load_predict(model_dir, inference_dir, preprocess, runtime=runtime)
         return {name: score.score_classifier(predict, data.root, data.list_file, spec.labels)
@@ -116,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                       "traffic_light) or a path to one")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models")
     parser.add_argument("--inference", type=Path,
-                        help="score this inference folder instead of the model's own")
+                        help="score this Paddle inference folder (on Paddle Inference FP32 unless "
+                             "--runtime says otherwise) instead of the served model")
     parser.add_argument("--sets", default="own-val,independent",
                         help="comma-separated: own-val, independent (default: %(default)s)")
     parser.add_argument("--independent-count", type=int,
@@ -126,6 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preprocess", type=Path,
                         help="YAML file with a preprocessing step list replacing the model's")
     parser.add_argument("--threads", type=int, default=1, help="math threads (default: 1)")
+    parser.add_argument("--runtime", action="append", default=[], metavar="KEY=VALUE",
+                        help="runtime settings over the model.yml ones, as for python -m "
+                             "serving (e.g. engine=paddle precision=fp32)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--record", action="store_true",
                         help="also record the figures in the model's metrics.json (key "
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"unknown set {name!r}: use own-val and/or independent")
     preprocess = yaml.safe_load(args.preprocess.read_text()) if args.preprocess else None
-    scores = score_model(model_dir, datasets, args.inference, preprocess, args.threads)
+    runtime = {"thread_num": str(args.threads), **settings.parse_pairs(args.runtime)}
+    scores = score_model(model_dir, datasets, args.inference, preprocess, runtime)
     print(summary(spec.task, scores))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,22 @@ from model import settings
 from model.model import Model
 from model.postprocess import Result
 from model.spec import ModelSpec, PostprocessSpec
+from serving.control.layout import Layout
+from serving.control.prepare import ensure_serving_folder
 from serving.protocol import request_items
 
 Predict = Callable[[Sequence[bytes]], list[Result]]
+
+
+PADDLE_FP32 = {"engine": "paddle", "precision": "fp32"}
+
+
+def served_model_files(spec: ModelSpec, runtime: Mapping[str, Any]) -> Path:
+    """The serving_server/ folder the serve stage runs for these settings, built by the export
+    stage when missing (e.g. the ONNX model an engine other than Paddle needs)."""
+    layout = Layout(models_dir=spec.folder.parent)
+    ensure_serving_folder(layout, spec, {key: str(value) for key, value in runtime.items()})
+    return layout.serving_server(spec.name)
 
 
 def load_predict(model_dir: Path, inference_dir: Path | None = None,
@@ -24,8 +37,10 @@ def load_predict(model_dir: Path, inference_dir: Path | None = None,
                  postprocess: Mapping[str, Any] | None = None,
                  runtime: Mapping[str, Any] | None = None) -> Predict:
     """A function mapping encoded images (one predictor call) to their results, for the model
-    described by `model_dir`/model.yml. The optional arguments replace, for a study, the described
-    inference folder, preprocessing steps, postprocess parameters or runtime settings."""
+    described by `model_dir`/model.yml, run on the files and engine it is served with. The optional
+    arguments replace, for a study, the described inference folder (then run on Paddle Inference
+    FP32 unless `runtime` says otherwise), preprocessing steps, postprocess parameters or runtime
+    settings."""
     spec = ModelSpec.load(model_dir)
     changes: dict[str, Any] = {}
     if inference_dir is not None:
@@ -36,7 +51,13 @@ def load_predict(model_dir: Path, inference_dir: Path | None = None,
         changes["postprocess"] = PostprocessSpec(spec.postprocess.type,
                                                  {**spec.postprocess.params, **postprocess})
     spec = dataclasses.replace(spec, **changes)
-    model = Model(spec, spec.inference_dir, settings.resolve(spec.runtime, runtime or {})).load()
+    if inference_dir is None:
+        model_dir = served_model_files(spec, runtime or {})
+        resolved = settings.resolve(spec.runtime, runtime or {})
+    else:  # a study of a Paddle inference folder, not what the service serves
+        model_dir = spec.inference_dir
+        resolved = settings.resolve(spec.runtime, PADDLE_FP32, runtime or {})
+    model = Model(spec, model_dir, resolved).load()
 
     def predict(images: Sequence[bytes]) -> list[Result]:
         answers = model(request_items(list(images)))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import score, traffic_scenes
-from evaluation.inference import describe, load_predict
+from evaluation.inference import PADDLE_FP32, describe, load_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMALIZE = {"type": "NormalizeImage", "mean": [0.485, 0.456, 0.406],
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         traffic_scenes.write_set(folder, args.count, args.seed)
     names = args.variants.split(",")
     predicts = {name: load_predict(args.model_dir, args.inference, variant_steps(name),
-                                   {"score_threshold": 0.0}, {"thread_num": 1})
+                                   {"score_threshold": 0.0}, {**PADDLE_FP32, "thread_num": 1})
                 for name in names}
     rows = {}
     for name, predict in predicts.items():
