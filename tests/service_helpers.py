@@ -9,13 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from serving.control.manager import group_alive, port_listening
+from serving.service_metrics import PUBLISH_EVERY_S
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -172,3 +175,22 @@ def save_tiny_models(models_dir: Path) -> None:
         static = paddle.jit.to_static(layer, input_spec=specs[name], full_graph=True)
         paddle.jit.save(static, str(folder / "inference" / "inference"))
     (models_dir / "traffic_light/inference/infer_cfg.yml").write_text(yaml.safe_dump(INFER_CFG))
+
+
+Scraped = TypeVar("Scraped")
+
+
+def settled(scrape: Callable[[], Scraped], deadline_s: float = 60.0) -> Scraped:
+    """A scrape of a service at rest holding every worker's part: its values stayed the same for
+    two publishing periods (each worker publishes once a period, so what was answered before
+    the first of those scrapes is in them). Metrics taken right after a request may miss the
+    other workers' part of it, which would then count in the next test's figures."""
+    deadline = time.monotonic() + deadline_s
+    last, since = scrape(), time.monotonic()
+    while time.monotonic() - since < 2 * PUBLISH_EVERY_S:
+        assert time.monotonic() < deadline, "the metrics kept changing with no request sent"
+        time.sleep(0.1)
+        current = scrape()
+        if current != last:
+            last, since = current, time.monotonic()
+    return last

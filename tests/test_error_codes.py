@@ -50,7 +50,7 @@ def _save_batch_of_one_classifier(models_dir: Path) -> None:
     static = paddle.jit.to_static(layer, input_spec=[InputSpec([None, 3, 224, 224], "float32",
                                                                 "x")], full_graph=True)
     paddle.jit.save(static, str(folder / "inference" / "inference"))
-    set_runtime(folder, build_dag_each_worker=False)
+    set_runtime(folder, build_dag_each_worker=False, engine="paddle", precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ in-process predictor, error handling, start-up failure. Accuracy is test_service
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
 import shutil
@@ -24,6 +25,7 @@ from service_helpers import (
     run_client,
     runtime_flags,
     save_tiny_models,
+    settled,
 )
 
 from bench import stages
@@ -195,7 +197,7 @@ def test_requests_batched_together_each_get_their_own_answer(
         port = services.ports[name][0]
         expected = [in_process_results(services.models_dir, services.build_dir, name, request,
                                        runtime) for request in requests]
-        before = stages.scrape(port)
+        before = settled(functools.partial(stages.scrape, port))
         answers = _closed_loop_clients(port, name, requests, rounds)
         for replies, local in zip(answers, expected, strict=True):
             assert len(replies) == rounds
