@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from service_helpers import QUIET_ENV, ROOT, save_tiny_models
+from service_helpers import QUIET_ENV, ROOT, Services, save_tiny_models
 
 from bench.__main__ import cpu_field, vector_extensions, widest_extension
 from bench.engines import VARIANTS, paired, rotations
@@ -22,6 +22,7 @@ from bench.inprocess import Strategy, Workers
 from bench.loadgen import parse_http_response
 from bench.stages import parse
 from serving.control.layout import Layout
+from serving.control.manager import free_ports
 from serving.control.prepare import ensure_serving_folder
 
 MODELS = ("peach", "traffic_light")
@@ -196,3 +197,29 @@ def test_inprocess_workers_run_several_windows_with_the_model_loaded_once(tmp_pa
         assert window["strategy"] == "2x1b2" and window["throughput"] > 0
         assert window["cpu_ms_per_image"] > 0 and window["p50_ms"] > 0
     assert all(process.poll() is not None for process in workers.processes)
+
+
+@pytest.mark.service
+def test_compare_measures_running_services_in_paired_rounds(tmp_path: Path) -> None:
+    """bench.compare loads services it did not start: one service under two names gives both
+    figures and ratios to the first; a target that does not answer ends the run with its name."""
+    from bench.compare import main as compare_main
+
+    save_tiny_models(tmp_path / "models")
+    http_port, rpc_port, dead_port = free_ports(3)
+    running = Services(tmp_path / "models", tmp_path / "build", {"peach": (http_port, rpc_port)})
+    out = tmp_path / "compare.json"
+    with running.started("peach", "--no-supervisor"):
+        common = ["peach", "--models-dir", str(tmp_path / "models"), "--rounds", "2",
+                  "--window", "0.5", "--concurrency", "2", "--images", "2"]
+        answered = compare_main([*common, f"a=127.0.0.1:{http_port}",
+                                 f"b=127.0.0.1:{http_port}", "--json", str(out)])
+        refused = compare_main([*common, f"a=127.0.0.1:{http_port}",
+                                f"gone=127.0.0.1:{dead_port}"])
+    assert answered == 0 and refused == 1
+    targets = json.loads(out.read_text())["targets"]
+    assert list(targets) == ["a", "b"]
+    assert targets["a"]["speedup"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert all(len(entry["rounds"]) == 2 and min(entry["rounds"]) > 0
+               for entry in targets.values())
+    assert targets["b"]["speedup"]["median"] > 0
