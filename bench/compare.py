@@ -68,12 +68,13 @@ def compare(spec: ModelSpec, targets: list[Target], rounds: int, window_s: float
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     reference = next(iter(results))
-    lines = [f"{'target':<16} {'req/s':>8} {'min-max':>15} {'x ' + reference:>12} {'min-max':>13}"]
+    width = max(len("target"), *map(len, results))
+    lines = [f"{'target':<{width}}  {'req/s':>7}  {'min-max':<13}  x {reference}  min-max"]
     for name, entry in results.items():
         figure, ratio = entry["figure"], entry["speedup"]
-        lines.append(f"{name:<16} {figure['median']:>8.1f} "
-                     f"{figure['min']:>7.1f}-{figure['max']:<7.1f} {ratio['median']:>12.3f} "
-                     f"{ratio['min']:>6.3f}-{ratio['max']:<6.3f}")
+        lines.append(f"{name:<{width}}  {figure['median']:>7.1f}  "
+                     f"{figure['min']:.1f}-{figure['max']:<7.1f}  {ratio['median']:.3f}  "
+                     f"{ratio['min']:.3f}-{ratio['max']:.3f}")
     return "\n".join(lines)
 
 
