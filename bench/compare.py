@@ -24,6 +24,7 @@ from bench.engines import paired
 from bench.loadgen import run_http
 from bench.payloads import encode_payloads
 from model.spec import ModelSpec
+from serving.control.layout import ROOT
 
 WARMUP_S = 1.0
 
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
                                       "the sample images)")
     parser.add_argument("targets", nargs="+", type=Target.parse, metavar="NAME=HOST:PORT",
                         help="HTTP ports of running services; ratios are to the first")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"),
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "models",
                         help="folder of model descriptions (default: models/)")
     parser.add_argument("--rounds", type=int, default=8, help="paired rounds (default 8)")
     parser.add_argument("--window", type=float, default=6.0,
@@ -101,10 +102,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     names = [target.name for target in args.targets]
     if len(set(names)) != len(names):
-        _parser().error(f"target names must differ: {names}")
+        parser.error(f"target names must differ: {names}")
     spec = ModelSpec.load(args.models_dir / args.model)
     try:
         results = compare(spec, args.targets, args.rounds, args.window, args.concurrency,
