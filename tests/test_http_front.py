@@ -77,6 +77,29 @@ def _threads(service: Services) -> int:
                     if line.startswith("Threads:")))
 
 
+def _open_connections(service: Services) -> int | None:
+    """The worker's serving_http_connections gauge (this scrape's connection included), or None
+    when the scrape itself is refused because every thread is still busy."""
+    try:
+        with _connect(service) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            _, _, body = _read_response(sock)
+    except (ConnectionResetError, AssertionError):
+        return None
+    (line,) = (line for line in body.decode().splitlines()
+               if line.startswith("serving_http_connections "))
+    return int(float(line.split()[1]))
+
+
+def _wait_until_released(service: Services) -> None:
+    """Until the worker has closed every connection but the scrape's: a client's close reaches
+    its thread a moment later, and till then a new connection may find every thread busy."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while (open_now := _open_connections(service)) != 1:
+        assert time.monotonic() < deadline, f"{open_now} connections still open"
+        time.sleep(0.05)
+
+
 def _prediction_body() -> bytes:
     items = request_items([synthetic_jpeg(64, 64, 1)])
     return json.dumps({"key": list(items), "value": list(items.values()), "logid": 42}).encode()
@@ -174,6 +197,7 @@ def test_open_connections_are_capped_and_health_is_answered_past_the_cap(
     finally:
         for sock in held:
             sock.close()
+        _wait_until_released(service)
 
 
 def test_a_wrong_method_is_405_with_the_allowed_one(service: Services) -> None:
