@@ -1,15 +1,18 @@
 """Helpers of the tests that start real pipeline services (tests/test_service_*.py): free ports,
-the `python -m serving` CLI against a temporary build folder, the client scripts, leftovers."""
+the `python -m serving` CLI against a temporary build folder, the client scripts, leftovers,
+/metrics scrapes."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,3 +197,31 @@ def settled(scrape: Callable[[], Scraped], deadline_s: float = 60.0) -> Scraped:
         if current != last:
             last, since = current, time.monotonic()
     return last
+
+
+def scrape_metrics(port: int) -> dict[tuple[str, frozenset], float]:
+    """A service's /metrics page, parsed independently of serving.metrics: {(name, labels):
+    value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples = {}
+    typed = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("#") or not line:
+            continue
+        match = re.fullmatch(r'([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)', line)
+        assert match, f"not a sample line: {line!r}"
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
+        assert re.sub(r"_(bucket|sum|count)$", "", name) in typed, f"{name} has no # TYPE"
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def metric_value(samples: dict, name: str, **labels: str) -> float:
+    """One sample of a scrape (0 when absent, as an unincremented counter)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -5,6 +5,7 @@ the cap while health checks are still answered, 405 for a wrong method, logid ec
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_helpers import Services, save_tiny_models
+from service_helpers import Services, metric_value, save_tiny_models, scrape_metrics
 
 from bench.soak import synthetic_jpeg
 from serving.control.manager import free_ports
@@ -77,18 +78,14 @@ def _threads(service: Services) -> int:
                     if line.startswith("Threads:")))
 
 
-def _open_connections(service: Services) -> int | None:
+def _open_connections(service: Services) -> float | None:
     """The worker's serving_http_connections gauge (this scrape's connection included), or None
     when the scrape itself is refused because every thread is still busy."""
     try:
-        with _connect(service) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            _, _, body = _read_response(sock)
-    except (ConnectionResetError, AssertionError):
+        samples = scrape_metrics(service.ports["peach"][0])
+    except (OSError, http.client.HTTPException):
         return None
-    (line,) = (line for line in body.decode().splitlines()
-               if line.startswith("serving_http_connections "))
-    return int(float(line.split()[1]))
+    return metric_value(samples, "serving_http_connections")
 
 
 def _wait_until_released(service: Services) -> None:

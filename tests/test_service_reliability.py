@@ -30,7 +30,14 @@ import grpc
 import numpy as np
 import pytest
 from paddle_serving_server.pipeline.proto import pipeline_service_pb2, pipeline_service_pb2_grpc
-from service_helpers import Services, run_client, save_tiny_models, settled
+from service_helpers import (
+    Services,
+    metric_value,
+    run_client,
+    save_tiny_models,
+    scrape_metrics,
+    settled,
+)
 
 from bench.soak import (
     build_cases,
@@ -121,35 +128,9 @@ def _rpc(port: int, items: dict[str, str], name: str) -> pipeline_service_pb2.Re
             key=list(items), value=list(items.values()), name=name), timeout=60)
 
 
-def _metrics(port: int) -> dict[tuple[str, frozenset], float]:
-    """Scrape and parse the Prometheus text format (independently of serving.metrics)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = response.read().decode()
-    samples = {}
-    typed = set()
-    for line in text.splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        if line.startswith("#") or not line:
-            continue
-        match = re.fullmatch(r'([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)', line)
-        assert match, f"not a sample line: {line!r}"
-        name, labels, value = match.groups()
-        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
-        assert re.sub(r"_(bucket|sum|count)$", "", name) in typed, f"{name} has no # TYPE"
-        samples[(name, pairs)] = float(value)
-    return samples
-
-
-def _value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def _counters(port: int) -> dict[tuple[str, frozenset], float]:
     """The request and stage counters of a scrape (gauges such as memory change at rest)."""
-    return {key: value for key, value in _metrics(port).items()
+    return {key: value for key, value in scrape_metrics(port).items()
             if key[0] in ("serving_requests_total", "serving_stage_duration_seconds_count")}
 
 
@@ -157,7 +138,7 @@ def _scrape_until(port: int, reached: Callable[[dict], bool]) -> dict:
     """Scrape until `reached` holds (the other workers publish their values once a second);
     the last scrape, asserted by the caller."""
     deadline = time.monotonic() + WAIT_S
-    while not reached(samples := _metrics(port)) and time.monotonic() < deadline:
+    while not reached(samples := scrape_metrics(port)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return samples
 
@@ -226,7 +207,8 @@ def test_connections_open_during_the_load_are_not_taken_for_pipeline_workers(
             connection.close()
         # until their connection threads read the end of the stream and are done: only the
         # scrape's own connection is left
-        _scrape_until(http_port, lambda samples: _value(samples, "serving_http_connections") == 1)
+        _scrape_until(http_port,
+                      lambda samples: metric_value(samples, "serving_http_connections") == 1)
         answers = [get_json(health_url("127.0.0.1", http_port), 5) for _ in range(3)]
     finally:
         process.send_signal(signal.SIGTERM)
@@ -249,29 +231,30 @@ def test_metrics_count_outcomes_and_time_every_stage(services: Services) -> None
 
     def moved(samples: dict, protocol: str, outcome: str, code: str) -> float:
         labels = {"service": "peach", "protocol": protocol, "outcome": outcome, "code": code}
-        return (_value(samples, "serving_requests_total", **labels)
-                - _value(before, "serving_requests_total", **labels))
+        return (metric_value(samples, "serving_requests_total", **labels)
+                - metric_value(before, "serving_requests_total", **labels))
 
     def all_counted(samples: dict) -> bool:  # by every worker that served one of them
         return all(moved(samples, *labels) == count for labels, count in answers.items()) and all(
-            _value(samples, "serving_stage_duration_seconds_count", service="peach", stage=stage)
-            - _value(before, "serving_stage_duration_seconds_count", service="peach",
-                     stage=stage) == 2 for stage in ("decode", "postprocess"))
+            metric_value(samples, "serving_stage_duration_seconds_count", service="peach",
+                         stage=stage)
+            - metric_value(before, "serving_stage_duration_seconds_count", service="peach",
+                           stage=stage) == 2 for stage in ("decode", "postprocess"))
 
     after = _scrape_until(http_port, all_counted)
     assert {labels: moved(after, *labels) for labels in answers} == answers
     for stage in ("decode", "preprocess", "predict", "postprocess"):
         labels = {"service": "peach", "stage": stage}
-        count = _value(after, "serving_stage_duration_seconds_count", **labels)
-        assert count - _value(before, "serving_stage_duration_seconds_count", **labels) == 2
+        count = metric_value(after, "serving_stage_duration_seconds_count", **labels)
+        assert count - metric_value(before, "serving_stage_duration_seconds_count", **labels) == 2
         buckets = sorted((float(dict(k[1])["le"]), v) for k, v in after.items()
                          if k[0] == "serving_stage_duration_seconds_bucket"
                          and dict(k[1]).items() >= labels.items())
         assert [b for b, _ in buckets][-1] == float("inf") and buckets[-1][1] == count
         assert all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
-        assert _value(after, "serving_stage_duration_seconds_sum", **labels) > 0
-    assert _value(after, "serving_ready") == 1
-    assert _value(after, "process_resident_memory_bytes") > 50e6
+        assert metric_value(after, "serving_stage_duration_seconds_sum", **labels) > 0
+    assert metric_value(after, "serving_ready") == 1
+    assert metric_value(after, "process_resident_memory_bytes") > 50e6
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -605,12 +588,13 @@ def test_stop_under_load_answers_every_accepted_request(process_op_service: Serv
     services = process_op_service
     record = _records(services)["peach"]
     cases = build_cases(Layout(services.models_dir, services.build_dir), [record])
-    accepted_before = _value(_metrics(record.http_port), "serving_requests_accepted_total")
+    accepted_before = metric_value(scrape_metrics(record.http_port),
+                                   "serving_requests_accepted_total")
     outcome, stop = {}, threading.Event()
     load = threading.Thread(target=lambda: outcome.update(tally=run_load(
         {record.service: record}, cases, requests=10**6, concurrency=32, stop=stop)))
     load.start()
-    _wait_for(lambda: (_value(_metrics(record.http_port), "serving_requests_total",
+    _wait_for(lambda: (metric_value(scrape_metrics(record.http_port), "serving_requests_total",
                               service="peach", protocol="grpc", outcome="ok", code="0"),),
               lambda answer: answer[0] >= 50, time.monotonic() + 120)
     _stop(services)  # what `make stop` does, while 32 clients keep sending
@@ -638,16 +622,16 @@ def test_metrics_of_worker_processes_add_up(tiny_models: Path, tmp_path: Path) -
         items = request_items([synthetic_jpeg(64, 64, 5)])
         for _ in range(12):  # a new connection each: the kernel spreads them over the workers
             assert _http(http_port, "/peach/prediction", _body(items))[0] == 200
-        _scrape_until(http_port, lambda samples: _value(  # until every worker published
+        _scrape_until(http_port, lambda samples: metric_value(  # until every worker published
             samples, "serving_stage_duration_seconds_count", service="peach",
             stage="predict") == 13)
         for _ in range(4):  # whichever worker answers the scrape
-            samples = _metrics(http_port)
-            assert _value(samples, "serving_requests_total", service="peach", protocol="http",
+            samples = scrape_metrics(http_port)
+            assert metric_value(samples, "serving_requests_total", service="peach", protocol="http",
                           outcome="ok", code="0") == 13  # + the start-up timing prediction
-            assert _value(samples, "serving_stage_duration_seconds_count", service="peach",
+            assert metric_value(samples, "serving_stage_duration_seconds_count", service="peach",
                           stage="predict") == 13
-            assert _value(samples, "serving_ready") == 1
+            assert metric_value(samples, "serving_ready") == 1
     finally:
         _stop(running)
 
